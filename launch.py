@@ -1,0 +1,37 @@
+"""Runs VLAW (or one of its phases) from an experiment config.
+
+  python launch.py --config=experiments/scoop.py:sim --workdir=runs/scoop_sim --phase=collect
+  python launch.py --config=experiments/scoop.py --workdir=W --config.loop.iterations=3
+
+Any `--config.a.b=value` overrides a field; an unknown field is an error. The resolved config
+is written to <workdir>/config.json.
+"""
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from vlaw import pipeline
+
+_CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
+_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, datasets and reports go.")
+_PHASE = flags.DEFINE_enum(
+    "phase", next(iter(pipeline.PHASES), None), list(pipeline.PHASES), "Phase to run."
+)
+_ITERATION = flags.DEFINE_integer("iteration", 0, "VLAW iteration the phase belongs to.")
+_FORCE = flags.DEFINE_bool("force", False, "Rerun a phase that state.json marks done.")
+flags.mark_flags_as_required(["config", "workdir"])
+
+
+def main(argv):
+    del argv
+    config = _CONFIG.value
+    if config.mesh.distributed:
+        import jax
+
+        jax.distributed.initialize()
+    logging.info("config written to %s", pipeline.write_config(config, _WORKDIR.value))
+    pipeline.run_phase(_PHASE.value, config, _WORKDIR.value, _ITERATION.value, _FORCE.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

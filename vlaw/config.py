@@ -1,0 +1,127 @@
+"""The experiment configuration shared by every file in experiments/.
+
+`experiment_config(tasks, preset)` returns one ml_collections ConfigDict grouped by subsystem
+(`data`, `sim`, `policy`, `world_model`, `reward`, `loop`, `mesh`, `ckpt`). Presets:
+
+- `tiny`: every code path in seconds on a CPU (tests).
+- `sim`: the built-in simulated DROID station with small models; minutes on a laptop CPU.
+- `paper`: the published hyper-parameters (VLAW §5.1, Appendix C) on a real DROID station,
+  real DROID shards and the real checkpoints.
+
+Every field is commented. Experiments override fields after calling this function.
+"""
+
+import ml_collections
+
+PRESETS = ("tiny", "sim", "paper")
+TASKS = ("stack", "open_book", "erase", "scoop", "draw")
+
+
+def _parse_arg(arg: str | None) -> str:
+    """`experiments/x.py` -> paper; `experiments/x.py:sim` -> sim."""
+    preset = (arg or "paper").strip()
+    if preset not in PRESETS:
+        raise ValueError(f"unknown preset {preset!r}; choose one of {PRESETS}")
+    return preset
+
+
+def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections.ConfigDict:
+    preset = _parse_arg(arg)
+    for task in tasks:
+        if task not in TASKS:
+            raise ValueError(f"unknown task {task!r}; choose from {TASKS}")
+    tiny, sim, paper = (preset == p for p in PRESETS)
+    c = ml_collections.ConfigDict()
+    c.preset = preset  # tiny | sim | paper
+    c.tasks = tuple(tasks)  # task families this run trains and evaluates on
+    c.seed = 0  # root seed; every phase folds in its own name and the iteration
+
+    # --- Data (vlaw/data) -------------------------------------------------------------------
+    c.data = d = ml_collections.ConfigDict()
+    d.image_height = 180 if paper else 64  # camera frames as stored in RLDS (DROID: 180x320)
+    d.image_width = 320 if paper else 64
+    d.episodes_per_shard = 50 if paper else 16  # RLDS episodes per TFRecord shard
+    d.skip_corrupt = False  # True: skip and count unreadable records instead of failing
+    d.shuffle_buffer = 250_000 if paper else 2_000  # frames (openpi uses 250k for DROID)
+    d.num_parallel_reads = 16 if paper else 2  # shards read concurrently per host
+    # Co-training set of Eq. 2 (L = L_real + lambda * L_DROID). Empty path: no co-training.
+    d.droid_path = "gs://gresearch/robotics/droid/1.0.1" if paper else ""
+    d.droid_weight = 1.0  # lambda of Eq. 2 (the paper does not publish its value)
+
+    # --- Simulated DROID station (vlaw/sim); ignored on a real robot --------------------------
+    c.sim = s = ml_collections.ConfigDict()
+    s.enabled = not paper  # paper: the real DROID station (vlaw/robot) instead
+    s.num_workers = 1 if tiny else 2  # rendering processes (TensorFlow-free), one per core
+    s.stations_per_worker = 1 if tiny else 4  # stations stepped (and rendered) as one batch
+    s.max_steps = 30 if tiny else 150  # control steps per episode at 15 Hz
+    s.expert_noise = 0.3  # scripted experts' action noise (0: near-perfect demonstrations)
+
+    # --- Iteration schedule (Algorithm 1) ----------------------------------------------------
+    c.loop = lo = ml_collections.ConfigDict()
+    lo.iterations = 2  # VLAW iterations (paper: 2)
+    lo.warmstart_demos_per_task = 2 if tiny else 25  # demonstrations for the base policy
+    lo.real_rollouts_per_task = 2 if tiny else (20 if sim else 50)  # K per task, iteration
+    lo.synthetic_rollouts_per_task = 2 if tiny else (50 if sim else 500)  # N per task
+
+    # --- pi0.5 policy (vlaw/models/policy) ---------------------------------------------------
+    c.policy = p = ml_collections.ConfigDict()
+    p.variant = preset  # model size preset
+    p.action_horizon = 15  # actions per chunk (DROID: 15)
+    p.open_loop_steps = 8  # actions executed before re-planning (openpi's DROID client: 8)
+    p.num_sampling_steps = 10  # Euler steps of the flow-matching sampler
+    p.train = _train_section(steps=4 if tiny else (300 if sim else 2_000),
+                             batch_size=2 if tiny else (32 if sim else 256),
+                             learning_rate=5e-5 if paper else 3e-4)
+
+    # --- Ctrl-World world model (vlaw/models/world_model) ------------------------------------
+    c.world_model = w = ml_collections.ConfigDict()
+    w.variant = preset
+    w.num_history = 6  # memory frames (Ctrl-World: 6)
+    w.num_future = 5  # predicted frames, the first being the current frame (Ctrl-World: 5)
+    w.frame_stride = 3  # 15 Hz robot steps per world-model frame (5 Hz frames)
+    w.train = _train_section(steps=4 if tiny else (500 if sim else 50_000),
+                             batch_size=2 if tiny else (8 if sim else 32),
+                             learning_rate=1e-5 if paper else 1e-4)
+
+    # --- Qwen3-VL reward model (vlaw/models/reward) ------------------------------------------
+    c.reward = r = ml_collections.ConfigDict()
+    r.variant = preset
+    r.alpha = 0.8  # success iff P("yes") > alpha (Eq. 3; paper: 0.8)
+    r.num_frames = 16  # frames sampled uniformly from each trajectory (Appendix C)
+    r.train = _train_section(steps=4 if tiny else 200,
+                             batch_size=2 if tiny else (16 if sim else 128),
+                             learning_rate=1e-5 if paper else 1e-4)
+
+    # --- Parallelism (vlaw/train/mesh.py) ----------------------------------------------------
+    c.mesh = m = ml_collections.ConfigDict()
+    m.data = -1  # data-parallel axis; -1 takes the devices left over
+    m.fsdp = 1  # parameters and optimizer state sharded along this axis
+    m.tensor = 1  # tensor (model) parallelism
+    m.distributed = False  # call jax.distributed.initialize() (multi-host pods)
+
+    # --- Checkpoints (vlaw/train/checkpoints.py) ---------------------------------------------
+    c.ckpt = k = ml_collections.ConfigDict()
+    k.save_every_steps = 2 if tiny else 500  # also saved at the end and on SIGTERM
+    k.keep = 3  # most recent checkpoints kept
+    k.keep_period = 0 if not paper else 10_000  # also keep every Nth step forever (0: off)
+    k.async_save = True  # write in the background while training goes on
+    return c
+
+
+def _train_section(steps: int, batch_size: int, learning_rate: float) -> ml_collections.ConfigDict:
+    """Optimisation knobs shared by the three trainers (vlaw/train/trainer.py)."""
+    t = ml_collections.ConfigDict()
+    t.steps = steps  # optimizer steps
+    t.batch_size = batch_size  # global batch
+    t.learning_rate = learning_rate  # peak of warmup-cosine
+    t.warmup_steps = max(1, steps // 20)  # linear warmup
+    t.weight_decay = 1e-10  # AdamW (openpi's pi0.5 fine-tuning default)
+    t.grad_clip_norm = 1.0  # global-norm clipping
+    t.ema_decay = 0.0  # 0 disables the EMA of parameters (openpi: 0.99 for pi0.5)
+    t.log_every_steps = 1 if steps <= 10 else 20  # metrics fetched from device this often
+    t.max_nonfinite_steps = 10  # refused non-finite updates before the run stops
+    t.compute_dtype = "float32" if steps <= 10 else "bfloat16"  # activations
+    t.param_dtype = "float32"  # master weights and optimizer moments
+    t.remat_policy = "nothing_saveable"  # jax.checkpoint_policies name; "none" disables
+    t.init_from = ""  # external or vlaw checkpoint to start from (separate from resume)
+    return t
