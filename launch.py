@@ -14,8 +14,15 @@ from vlaw import pipeline
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, datasets and reports go.")
-_PHASE = flags.DEFINE_enum(
-    "phase", next(iter(pipeline.PHASES), None), list(pipeline.PHASES), "Phase to run."
+_PHASE = flags.DEFINE_string(
+    "phase",
+    pipeline.default_phase(),
+    f"Phase to run, one of {list(pipeline.PHASES)}; default: the newest.",
+)
+flags.register_validator(
+    "phase",
+    lambda name: name in pipeline.PHASES,
+    message=f"--phase must be one of {list(pipeline.PHASES)}",
 )
 _ITERATION = flags.DEFINE_integer("iteration", 0, "VLAW iteration the phase belongs to.")
 _FORCE = flags.DEFINE_bool("force", False, "Rerun a phase that state.json marks done.")

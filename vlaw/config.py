@@ -69,9 +69,11 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     p.action_horizon = 15  # actions per chunk (DROID: 15)
     p.open_loop_steps = 8  # actions executed before re-planning (openpi's DROID client: 8)
     p.num_sampling_steps = 10  # Euler steps of the flow-matching sampler
-    p.train = _train_section(steps=4 if tiny else (300 if sim else 2_000),
-                             batch_size=2 if tiny else (32 if sim else 256),
-                             learning_rate=5e-5 if paper else 3e-4)
+    p.train = _train_section(
+        steps=4 if tiny else (300 if sim else 2_000),
+        batch_size=2 if tiny else (32 if sim else 256),
+        learning_rate=5e-5 if paper else 3e-4,
+    )
 
     # --- Ctrl-World world model (vlaw/models/world_model) ------------------------------------
     c.world_model = w = ml_collections.ConfigDict()
@@ -79,18 +81,22 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     w.num_history = 6  # memory frames (Ctrl-World: 6)
     w.num_future = 5  # predicted frames, the first being the current frame (Ctrl-World: 5)
     w.frame_stride = 3  # 15 Hz robot steps per world-model frame (5 Hz frames)
-    w.train = _train_section(steps=4 if tiny else (500 if sim else 50_000),
-                             batch_size=2 if tiny else (8 if sim else 32),
-                             learning_rate=1e-5 if paper else 1e-4)
+    w.train = _train_section(
+        steps=4 if tiny else (500 if sim else 50_000),
+        batch_size=2 if tiny else (8 if sim else 32),
+        learning_rate=1e-5 if paper else 1e-4,
+    )
 
     # --- Qwen3-VL reward model (vlaw/models/reward) ------------------------------------------
     c.reward = r = ml_collections.ConfigDict()
     r.variant = preset
     r.alpha = 0.8  # success iff P("yes") > alpha (Eq. 3; paper: 0.8)
     r.num_frames = 16  # frames sampled uniformly from each trajectory (Appendix C)
-    r.train = _train_section(steps=4 if tiny else 200,
-                             batch_size=2 if tiny else (16 if sim else 128),
-                             learning_rate=1e-5 if paper else 1e-4)
+    r.train = _train_section(
+        steps=4 if tiny else 200,
+        batch_size=2 if tiny else (16 if sim else 128),
+        learning_rate=1e-5 if paper else 1e-4,
+    )
 
     # --- Parallelism (vlaw/train/mesh.py) ----------------------------------------------------
     c.mesh = m = ml_collections.ConfigDict()

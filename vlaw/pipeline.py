@@ -22,6 +22,13 @@ from absl import logging
 PHASES: dict[str, str] = {}
 
 
+def default_phase() -> str | None:
+    """The phase a bare `launch.py` runs: the whole loop once it exists, else the newest phase."""
+    if "loop" in PHASES:
+        return "loop"
+    return next(reversed(PHASES), None)
+
+
 def iteration_dir(workdir: str, iteration: int) -> str:
     return os.path.join(workdir, f"iter_{iteration:02d}")
 

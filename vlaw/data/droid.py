@@ -130,6 +130,9 @@ def policy_state(observation: dict[str, np.ndarray]) -> np.ndarray:
 def world_model_poses(observation: dict[str, np.ndarray]) -> np.ndarray:
     """Ctrl-World's per-frame conditioning (T, 7): observed cartesian_position ++ gripper."""
     return np.concatenate(
-        [observation["observation/cartesian_position"], observation["observation/gripper_position"]],
+        [
+            observation["observation/cartesian_position"],
+            observation["observation/gripper_position"],
+        ],
         axis=-1,
     ).astype(np.float32)
