@@ -48,3 +48,19 @@ def dot_product_attention(
         scale=scale,
         implementation=implementation,
     )
+
+
+def remat_policy(name: str):
+    """The `jax.checkpoint_policies` entry a config names (`train.remat_policy`).
+
+    "none" disables rematerialisation (returns None: callers then skip `nn.remat`);
+    any other name must be an attribute of `jax.checkpoint_policies`, e.g.
+    "nothing_saveable" (recompute everything: least memory) or
+    "dots_with_no_batch_dims_saveable" (keep matmul outputs: less recompute).
+    """
+    if name == "none":
+        return None
+    policy = getattr(jax.checkpoint_policies, name, None)
+    if policy is None:
+        raise ValueError(f"unknown remat policy {name!r}: not in jax.checkpoint_policies")
+    return policy

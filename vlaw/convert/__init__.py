@@ -1,0 +1,1 @@
+"""Importers of external checkpoints (openpi, transformers, Ctrl-World, ...) into vlaw models."""

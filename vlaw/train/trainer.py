@@ -1,0 +1,469 @@
+"""The one training loop shared by the policy, the world model and the reward model.
+
+    state = train(config.world_model.train, config.ckpt, config.mesh,
+                  workdir=workdir / "checkpoints" / "world_model",
+                  init_fn=lambda rng: model.init(rng, *dummy_inputs)["params"],
+                  loss_fn=lambda params, batch, rng: (loss, metrics),
+                  batches=iterator)
+
+What happens, in order:
+1. the mesh is built from `config.mesh` (and the multi-host job joined when asked);
+2. `jax.eval_shape(init_fn)` gives the parameter tree with its logical axis names, from which
+   the shardings of every array of the `TrainState` follow (mesh.py); the state is then built
+   by a jit with those `out_shardings`, so no device ever holds more than its shards;
+3. the newest checkpoint in `workdir` is restored if there is one (state and data position:
+   exact resume); otherwise `init_params` or `train.init_from` seed the parameters;
+4. `train_step` is jitted with explicit in/out shardings and the state donated, compiled
+   ahead of time on the first batch (once: a later shape change is an error, not a silent
+   recompile), and run under `jax.transfer_guard("disallow")`: the only host<->device traffic
+   is the explicit batch upload and the metrics fetch every `log_every_steps`;
+5. non-finite updates are refused inside the step and counted; the metrics fetch raises
+   `NonFiniteError` once the count passes `train.max_nonfinite_steps`;
+6. checkpoints every `ckpt.save_every_steps`, at the end, and at the first step boundary after
+   SIGTERM (then the loop returns early; the next run with the same workdir resumes).
+"""
+
+import functools
+import json
+import logging
+import signal
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from etils import epath
+from jax.sharding import Mesh, NamedSharding
+from tqdm import tqdm
+
+from vlaw.train import checkpoints, optim
+from vlaw.train import mesh as mesh_lib
+
+# loss_fn(params, batch, rng) -> (scalar loss, {name: scalar metric})
+LossFn = Callable[[Any, dict[str, jax.Array], jax.Array], tuple[jax.Array, dict[str, jax.Array]]]
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32[]: batches consumed (refused updates included)
+    params: Any  # master parameters in train.param_dtype, unboxed
+    ema_params: Any  # same tree, or None when train.ema_decay == 0
+    opt_state: Any  # optax state; moments in train.param_dtype
+    rng: jax.Array  # uint32[2] raw key (raw, not typed, so orbax stores it as plain data)
+    nonfinite_count: jax.Array  # int32[]: updates refused for a non-finite loss or grad norm
+
+
+class NonFiniteError(FloatingPointError):
+    """Raised when more than `train.max_nonfinite_steps` updates were refused."""
+
+
+def train_step(
+    state: TrainState,
+    batch: dict[str, jax.Array],
+    *,
+    loss_fn: LossFn,
+    tx: optax.GradientTransformation,
+    schedule: optax.Schedule,
+    ema_decay: float,
+    mask: Any | None,
+) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer step; pure, so it is jitted once and its input state donated.
+
+    A non-finite loss or gradient norm refuses the update inside the step: params, EMA and
+    optimizer state stay as they were (both branches are computed and one is selected, which
+    costs nothing extra on an accelerator), `nonfinite_count` grows and `step` still advances,
+    because it counts batches consumed: that keeps checkpoint numbers and the data position
+    in lockstep without reading the flag on the host.
+    """
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_of(params: Any) -> tuple[jax.Array, dict[str, jax.Array]]:
+        if mask is not None:
+            # Frozen leaves (e.g. a pretrained vision tower) get no weight gradient, so XLA
+            # drops their backward matmuls instead of computing gradients to throw away.
+            params = jax.tree.map(lambda p, t: p if t else jax.lax.stop_gradient(p), params, mask)
+        return loss_fn(params, batch, rng)
+
+    (loss, aux), grads = jax.value_and_grad(loss_of, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    ema_params = state.ema_params
+    if ema_params is not None:
+        ema_params = optim.ema_update(ema_params, params, ema_decay)
+
+    def keep_if_finite(new: Any, old: Any) -> Any:
+        return jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, old)
+
+    nonfinite_count = state.nonfinite_count + jnp.where(finite, 0, 1).astype(jnp.int32)
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_if_finite(params, state.params),
+        ema_params=keep_if_finite(ema_params, state.ema_params),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+        nonfinite_count=nonfinite_count,
+    )
+    metrics = {
+        **aux,
+        "loss": loss,
+        "grad_norm": grad_norm,
+        # Adam's count advances only on applied updates, and so does the schedule.
+        "learning_rate": schedule(state.step - state.nonfinite_count),
+        "update_applied": finite.astype(jnp.float32),
+        "nonfinite_count": nonfinite_count,
+    }
+    return new_state, metrics
+
+
+def _initial_state(
+    init_rng: jax.Array,
+    train_rng: jax.Array,
+    params: Any | None,
+    *,
+    init_fn: Callable[[jax.Array], Any],
+    tx: optax.GradientTransformation,
+    param_dtype: Any,
+    use_ema: bool,
+) -> TrainState:
+    """A fresh TrainState; `params` None means "initialise from `init_fn`"."""
+    if params is None:
+        params = nn.unbox(init_fn(init_rng))
+    params = optim.cast_floating(params, param_dtype)
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        # A real copy: state leaves must be distinct buffers, since the step donates them all.
+        ema_params=jax.tree.map(jnp.copy, params) if use_ema else None,
+        opt_state=tx.init(params),
+        rng=train_rng,
+        nonfinite_count=jnp.zeros((), jnp.int32),
+    )
+
+
+def _state_shardings(abstract_state: TrainState, param_sh: Any, mesh: Mesh) -> TrainState:
+    """Shardings for every leaf of the state: moments follow their parameter, scalars replicate.
+
+    Optimizer-state leaves are matched to parameters by key path: an Adam moment's path ends
+    with its parameter's path (".../mu/encoder/Dense_0/kernel"), whatever chain, mask or
+    multi_transform wraps it.
+    """
+    by_path = {}
+    for path, sh in jax.tree_util.tree_flatten_with_path(param_sh)[0]:
+        by_path[tuple(optim.path_name(path).split("/"))] = sh
+    param_shapes = {
+        tuple(optim.path_name(p).split("/")): x.shape
+        for p, x in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]
+    }
+    replicated = mesh_lib.replicated(mesh)
+
+    def opt_leaf(path: Any, leaf: Any) -> NamedSharding:
+        parts = tuple(optim.path_name(path).split("/"))
+        for start in range(len(parts)):
+            suffix = parts[start:]
+            if suffix in by_path and param_shapes[suffix] == leaf.shape:
+                return by_path[suffix]
+        return replicated
+
+    return TrainState(
+        step=replicated,
+        params=param_sh,
+        ema_params=None if abstract_state.ema_params is None else param_sh,
+        opt_state=jax.tree_util.tree_map_with_path(opt_leaf, abstract_state.opt_state),
+        rng=replicated,
+        nonfinite_count=replicated,
+    )
+
+
+def _place_params(params: Any, abstract: Any, shardings: Any) -> Any:
+    """Imported weights (numpy or jax) -> sharded jax.Arrays, after checking their shapes.
+
+    Host arrays are sliced per device (`make_array_from_callback`): no device ever holds a
+    whole array. jax.Arrays passed in are consumed (their buffers donated to the state).
+    """
+    checkpoints.check_compatible(params, abstract, "init_params (as 'checkpoint')")
+
+    def one(x: Any, sh: NamedSharding) -> jax.Array:
+        if isinstance(x, jax.Array):
+            return jax.device_put(x, sh)
+        x = np.asarray(x)
+        return jax.make_array_from_callback(x.shape, sh, lambda index: x[index])
+
+    return jax.tree.map(one, params, shardings)
+
+
+class _StopOnSigterm:
+    """Turns SIGTERM (preemption, `kill`) into a flag checked at step boundaries.
+
+    Installed only from the main thread (Python delivers signals there); the previous handler
+    is restored on exit, so the trainer leaves the process as it found it.
+    """
+
+    def __init__(self, install: bool = True) -> None:
+        self.requested = threading.Event()
+        self._install = install
+        self._previous: Any = None
+        self._installed = False
+
+    def __enter__(self) -> "_StopOnSigterm":
+        if self._install and threading.current_thread() is threading.main_thread():
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+            self._installed = True
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        logging.warning("SIGTERM: saving a checkpoint at the next step boundary, then stopping")
+        self.requested.set()
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._installed:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _check_batch_size(local_batch: dict[str, Any], batch_size: int) -> None:
+    """Every field holds this host's share of `train.batch_size` rows (cheap: shapes only)."""
+    per_host = batch_size // jax.process_count()
+    for key, value in local_batch.items():
+        rows = np.shape(value)[0] if np.ndim(value) else None
+        if rows != per_host:
+            raise ValueError(
+                f"batch field {key!r} has shape {np.shape(value)}; expected {per_host} rows "
+                f"(train.batch_size={batch_size} over {jax.process_count()} processes)"
+            )
+
+
+class _MetricsLog:
+    """Metrics of the steps since the last log: fetched together, averaged, written, shown.
+
+    `metrics.jsonl` (process 0) gets one line per log step: means over the window, the
+    non-finite counter's latest value, steps/s and examples/s (compile time excluded).
+    """
+
+    def __init__(
+        self, workdir: epath.Path, train_config: Any, start: int, steps: int, progress: bool
+    ) -> None:
+        chief = jax.process_index() == 0
+        self.every = max(1, int(train_config.log_every_steps))
+        self.batch_size = int(train_config.batch_size)
+        self.max_nonfinite = int(train_config.max_nonfinite_steps)
+        self.file = (workdir / "metrics.jsonl").open("a") if chief else None
+        self.bar = tqdm(total=steps, initial=start, disable=not (progress and chief), unit="step")
+        self.window: list[dict[str, jax.Array]] = []
+        self.extra: dict[str, float] = {}
+        self.last_time, self.last_step = time.perf_counter(), start
+
+    def timed_compile(self, jitted: Any, *args: Any) -> Any:
+        """`jitted` lowered and compiled for `args`; the time goes into the next log line."""
+        begin = time.perf_counter()
+        compiled = jitted.lower(*args).compile()
+        self.extra["compile_s"] = time.perf_counter() - begin
+        logging.info(
+            "train step compiled in %.1fs; memory per device: %s",
+            self.extra["compile_s"],
+            compiled.memory_analysis(),  # None on backends that do not report it
+        )
+        self.last_time = time.perf_counter()
+        return compiled
+
+    def add(self, step: int, metrics: dict[str, jax.Array], flush: bool) -> None:
+        self.window.append(metrics)
+        self.bar.update(1)
+        if not flush:
+            return
+        # The loop's only device->host read; it waits for this step to finish.
+        window = jax.device_get(self.window)
+        self.window = []
+        summary: dict[str, float] = {}
+        for key in window[-1]:
+            values = np.asarray([m[key] for m in window], np.float64)
+            summary[key] = int(values[-1]) if key == "nonfinite_count" else float(values.mean())
+        now = time.perf_counter()
+        summary["steps_per_s"] = (step - self.last_step) / max(now - self.last_time, 1e-9)
+        summary["examples_per_s"] = summary["steps_per_s"] * self.batch_size
+        summary.update(self.extra)
+        self.extra = {}
+        self.last_time, self.last_step = now, step
+        if self.file is not None:
+            self.file.write(json.dumps({"step": step, **summary}) + "\n")
+            self.file.flush()
+        self.bar.set_postfix(
+            loss=f"{summary['loss']:.4g}", steps_per_s=f"{summary['steps_per_s']:.3g}"
+        )
+        if summary["nonfinite_count"] > self.max_nonfinite:
+            raise NonFiniteError(
+                f"{summary['nonfinite_count']} updates refused for a non-finite loss or "
+                f"gradient norm by step {step}, more than "
+                f"train.max_nonfinite_steps={self.max_nonfinite}; last metrics: {summary}"
+            )
+
+    def close(self) -> None:
+        self.bar.close()
+        if self.file is not None:
+            self.file.close()
+
+
+def train(
+    train_config: Any,
+    ckpt_config: Any,
+    mesh_config: Any,
+    *,
+    workdir: str | epath.Path,
+    init_fn: Callable[[jax.Array], Any],
+    loss_fn: LossFn,
+    batches: Any,
+    logical_axis_rules: mesh_lib.Rules = mesh_lib.LOGICAL_AXIS_RULES,
+    seed: int = 0,
+    init_params: Any | None = None,
+    trainable: optim.Trainable = None,
+    mesh: Mesh | None = None,
+    progress: bool = True,
+    stop_at_step: int | None = None,
+    host_fn: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> TrainState:
+    """Trains to `train_config.steps`, resuming from `workdir` if it holds a checkpoint.
+
+    Args:
+      train_config: a `config.<model>.train` section (vlaw/config.py `_train_section`).
+      ckpt_config, mesh_config: `config.ckpt`, `config.mesh`.
+      workdir: the run's checkpoint directory; `metrics.jsonl` is appended next to the steps
+        (after a hard kill, steps logged past the last checkpoint are logged again on resume).
+      init_fn: rng -> parameter tree, boxed with logical axis names or not (e.g.
+        `lambda rng: model.init(rng, x)["params"]`). Only traced for shapes when resuming.
+      loss_fn: (params, batch, rng) -> (loss, metrics); pure, the model's apply inside. It gets
+        the float32 masters: cast with `optim.cast_for_compute` for bf16 compute.
+      batches: a `vlaw.data.batches.BatchIterator` yielding this host's rows of the global
+        batch (leading dimension `batch_size / process_count`).
+      logical_axis_rules: (logical name, mesh axis or None) pairs; see mesh.py.
+      seed: root of the init and training keys (the data pipeline seeds itself).
+      init_params: imported weights (unboxed, shaped like init_fn's tree) used instead of
+        `init_fn` when there is no checkpoint to resume; `train_config.init_from` (a vlaw run's
+        checkpoint directory) is the config route to the same thing.
+      trainable: None, a bool tree like the params, or `(path "a/b/kernel", abstract leaf)
+        -> bool` (the leaf is a ShapeDtypeStruct);
+        frozen leaves get no gradient, no update and no optimizer memory.
+      mesh: an explicit mesh (tests, notebooks); default: built from `mesh_config`.
+      progress: show a tqdm bar (process 0 only).
+      host_fn: applied to each host batch before the upload: tokenize prompts, decode JPEG
+        bytes, drop strings (only numeric arrays go to the devices).
+      stop_at_step: end this call after that step, with a checkpoint, as a preemption would
+        (time-limited jobs, tests); the schedule still spans `train_config.steps`.
+
+    Returns:
+      The final TrainState (after the last step, or after the SIGTERM checkpoint).
+    """
+    mesh_lib.maybe_initialize_distributed(mesh_config)
+    mesh = mesh if mesh is not None else mesh_lib.create_mesh(mesh_config)
+    workdir = epath.Path(workdir)
+    steps = int(train_config.steps)
+    last = steps if stop_at_step is None else min(steps, int(stop_at_step))
+    param_dtype = jnp.dtype(train_config.param_dtype)
+    ema_decay = float(train_config.get("ema_decay", 0.0))
+    init_rng, train_rng = jax.random.split(jax.random.PRNGKey(seed))
+
+    # Shapes and logical names only: nothing is allocated.
+    boxed = jax.eval_shape(init_fn, init_rng)
+    param_sh = mesh_lib.param_shardings(boxed, mesh, logical_axis_rules)
+    abstract_params = nn.unbox(boxed)
+    mask = optim.trainable_mask(abstract_params, trainable)
+    tx = optim.make_optimizer(train_config, mask)
+    build = functools.partial(
+        _initial_state, init_fn=init_fn, tx=tx, param_dtype=param_dtype, use_ema=ema_decay > 0
+    )
+    abstract_state = jax.eval_shape(build, init_rng, train_rng, None)
+    state_sh = _state_shardings(abstract_state, param_sh, mesh)
+
+    manager = checkpoints.make_manager(workdir, ckpt_config)
+    start = manager.latest_step()
+    if start is not None:
+        target = jax.tree.map(
+            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+            abstract_state,
+            state_sh,
+        )
+        state, data_state = checkpoints.restore(manager, start, target)
+        batches.restore(data_state)
+        logging.info("resumed from %s at step %d", workdir, start)
+    else:
+        start = 0
+        placed = None
+        target_params = jax.tree.map(
+            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+            abstract_state.params,
+            param_sh,
+        )
+        if init_params is None and train_config.get("init_from", ""):
+            placed = checkpoints.restore_params(train_config.init_from, target_params)
+        elif init_params is not None:
+            placed = _place_params(init_params, abstract_state.params, param_sh)
+        state = jax.jit(build, out_shardings=state_sh, donate_argnums=(2,))(
+            init_rng, train_rng, placed
+        )
+
+    step_fn = jax.jit(
+        functools.partial(
+            train_step,
+            loss_fn=loss_fn,
+            tx=tx,
+            schedule=optim.learning_rate_schedule(train_config),
+            ema_decay=ema_decay,
+            mask=mask,
+        ),
+        in_shardings=(state_sh, mesh_lib.batch_sharding(mesh)),
+        out_shardings=(state_sh, mesh_lib.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+
+    log = _MetricsLog(workdir, train_config, start, steps, progress)
+    save_every = max(1, int(ckpt_config.save_every_steps))
+    # Several processes must stop at the same step: there orbax's reached_preemption (JAX's
+    # preemption sync, which owns SIGTERM) decides; one process watches SIGTERM itself.
+    multi_process = jax.process_count() > 1
+    saved_step, compiled = start, None
+    try:
+        with _StopOnSigterm(install=not multi_process) as sigterm, jax.transfer_guard("disallow"):
+            for step in range(start, last):
+                try:
+                    local_batch = next(batches)
+                except StopIteration:
+                    logging.warning("data ran out after step %d of %d", step, steps)
+                    break
+                if host_fn is not None:
+                    local_batch = host_fn(local_batch)
+                _check_batch_size(local_batch, int(train_config.batch_size))
+                batch = mesh_lib.make_global_batch(local_batch, mesh)
+                if compiled is None:
+                    # Compiled ahead of time, once: a shape change later is an error, not a
+                    # silent recompile, and compile time stays out of steps/s.
+                    compiled = log.timed_compile(step_fn, state, batch)
+                state, metrics = compiled(state, batch)
+                done = step + 1
+                if multi_process:
+                    stop = manager.reached_preemption(done)
+                else:
+                    stop = sigterm.requested.is_set()
+                log.add(done, metrics, flush=done % log.every == 0 or done == last or stop)
+                if done % save_every == 0 or done == last or stop:
+                    # orbax's device->host copy is its own business: the guard is there to
+                    # catch the step's hidden syncs, and a save is a deliberate one.
+                    with jax.transfer_guard("allow"):
+                        checkpoints.save(manager, done, state, batches.state())
+                    saved_step = done
+                if stop:
+                    logging.warning("stopped by SIGTERM after step %d; checkpoint saved", done)
+                    break
+            else:
+                step = last
+            if step > saved_step:  # the data ran out between two saves
+                with jax.transfer_guard("allow"):
+                    checkpoints.save(manager, step, state, batches.state())
+    finally:
+        log.close()
+        manager.wait_until_finished()
+        manager.close()
+    return state
