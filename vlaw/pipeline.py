@@ -19,7 +19,9 @@ import ml_collections
 from absl import logging
 
 # name -> "module:function". Ordered as Algorithm 1 runs them.
-PHASES: dict[str, str] = {}
+PHASES: dict[str, str] = {
+    "collect": "vlaw.rollout.real:collect_phase",
+}
 
 
 def default_phase() -> str | None:

@@ -1,0 +1,66 @@
+"""Scripted experts succeed at noise 0; noise makes them imperfect; random actions fail.
+
+Physics only (no rendering), so these run in the test process. The long sweeps are `slow`.
+"""
+
+import numpy as np
+import pytest
+
+from vlaw.rollout.station import TaskSpec
+from vlaw.sim.expert import ScriptedExpert
+from vlaw.sim.station import SimStation
+from vlaw.sim.tasks import TASKS
+
+MAX_STEPS = 150  # the sim preset's episode length
+
+
+def run_expert(station: SimStation, seed: int, noise: float) -> tuple[bool, int]:
+    station.reset(TaskSpec(station.task_name, seed))
+    expert = ScriptedExpert(station, noise=noise, seed=seed)
+    for step in range(MAX_STEPS):
+        action = expert.act()
+        if action is None:
+            return station.label(), step
+        station.apply_action(action)
+    return station.label(), MAX_STEPS
+
+
+def run_random(station: SimStation, seed: int, steps: int) -> bool:
+    station.reset(TaskSpec(station.task_name, seed))
+    rng = np.random.default_rng(seed)
+    for _ in range(steps):
+        station.apply_action(np.r_[rng.uniform(-1, 1, 7), rng.uniform(0, 1)])
+    return station.label()
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_expert_succeeds_at_noise_zero(task):
+    station = SimStation(task)
+    for seed in (0, 1):
+        success, steps = run_expert(station, seed, noise=0.0)
+        assert success, f"{task} expert failed on seed {seed}"
+        assert steps < MAX_STEPS
+
+
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_random_policy_fails(task):
+    station = SimStation(task)
+    assert not run_random(station, seed=3, steps=45)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_expert_success_bands(task):
+    """Noise 0: at least 90% over 20 seeds; the sim preset's noise 0.3: between 20% and 95%."""
+    station = SimStation(task)
+    clean = np.mean([run_expert(station, seed, 0.0)[0] for seed in range(20)])
+    noisy = np.mean([run_expert(station, seed, 0.3)[0] for seed in range(20)])
+    assert clean >= 0.9, clean
+    assert 0.2 <= noisy <= 0.95, noisy
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_random_policy_almost_never_succeeds(task):
+    station = SimStation(task)
+    assert np.mean([run_random(station, seed, 150) for seed in range(20)]) <= 0.05
