@@ -1,7 +1,7 @@
 """Throughput of the simulated DROID station, and the scripted experts' success rates.
 
-  python benchmarks/sim_step.py                       # step/render table (one core)
-  python benchmarks/sim_step.py --experts --episodes=20 --noise=0,0.3 --workers=2
+  python benchmarks/sim.py                       # step/render table (one core)
+  python benchmarks/sim.py --experts --episodes=20 --noise=0,0.3 --workers=2
 
 Table: station-steps per second for a batch of B stations on one process (physics of 16
 substeps + three cameras at HxW), rendering either with one `mujoco.Renderer.render()` call per
