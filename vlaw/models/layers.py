@@ -27,6 +27,9 @@ def dot_product_attention(
     mask: jax.Array | None = None,
     bias: jax.Array | None = None,
     scale: float | None = None,
+    is_causal: bool = False,
+    query_seq_lengths: jax.Array | None = None,
+    key_value_seq_lengths: jax.Array | None = None,
     implementation: str | None = None,
 ) -> jax.Array:
     """Multi-head attention, the one wrapper every model uses.
@@ -34,6 +37,10 @@ def dot_product_attention(
     Shapes: query (B, T, N, D), key/value (B, S, K, D) with N a multiple of K (grouped-query
     attention repeats K heads), mask broadcastable to (B, N, T, S) with True = attend, bias
     likewise (added to the logits). Returns (B, T, N, D) in the query's dtype.
+
+    `is_causal` and the per-example `*_seq_lengths` (B,) int32 express causal and padding masks
+    natively, which cuDNN applies without materialising a (B, N, T, S) mask; prefer them to
+    `mask` where they suffice.
 
     `implementation` forces "xla" or "cudnn"; None picks cuDNN where it is supported.
     """
@@ -46,6 +53,9 @@ def dot_product_attention(
         bias=bias,
         mask=mask,
         scale=scale,
+        is_causal=is_causal,
+        query_seq_lengths=query_seq_lengths,
+        key_value_seq_lengths=key_value_seq_lengths,
         implementation=implementation,
     )
 
