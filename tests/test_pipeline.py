@@ -46,6 +46,7 @@ def test_unknown_phase_is_named(tmp_path, counting_phase):
 def test_resolved_config_written(tmp_path):
     config = vlaw_config.experiment_config(("draw",), "sim")
     path = pipeline.write_config(config, str(tmp_path))
-    written = json.loads(open(path).read())
+    with open(path) as f:
+        written = json.load(f)
     assert written["tasks"] == ["draw"]
     assert written["reward"]["alpha"] == 0.8

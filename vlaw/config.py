@@ -74,6 +74,10 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
         batch_size=2 if tiny else (32 if sim else 256),
         learning_rate=5e-5 if paper else 3e-4,
     )
+    p.tokenizer_path = ""  # PaliGemma's SentencePiece model (paper); empty: train a small one
+    p.tokenizer_vocab_size = 512  # pieces of that small model (then the model's vocab size)
+    p.max_token_len = 200 if paper else 64  # prompt tokens incl. the state bins (openpi: 200)
+    p.openpi_asset_id = "droid"  # norm stats of an openpi init_from: assets/<id>/norm_stats.json
 
     # --- Ctrl-World world model (vlaw/models/world_model) ------------------------------------
     c.world_model = w = ml_collections.ConfigDict()
@@ -86,6 +90,18 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
         batch_size=2 if tiny else (8 if sim else 32),
         learning_rate=1e-5 if paper else 1e-4,
     )
+    # tiny/sim: the small VAE trained first as an autoencoder (checkpoints/vae), then frozen.
+    # batch_size counts clips, 3 per window (one per camera). Unused at paper (SVD VAE).
+    w.vae_train = _train_section(
+        steps=4 if tiny else 300,
+        batch_size=6 if tiny else 24,
+        learning_rate=3e-4,
+    )
+    w.vae_kl_weight = 1e-6  # KL weight of that autoencoder (small: a near-deterministic code)
+    w.vae_init_from = ""  # SVD VAE (diffusers vae safetensors or .pt); "" = init_from's `vae.`
+    w.clip_path = ""  # local CLIP ViT-B/32 dir (paper); "" = seeded vector per instruction
+    w.eval_holdout_episodes = 1  # newest real episodes kept out of training for the check
+    w.eval_windows = 2 if tiny else 8  # held-out windows of the one-chunk PSNR check (0: off)
 
     # --- Qwen3-VL reward model (vlaw/models/reward) ------------------------------------------
     c.reward = r = ml_collections.ConfigDict()
@@ -97,6 +113,18 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
         batch_size=2 if tiny else (16 if sim else 128),
         learning_rate=1e-5 if paper else 1e-4,
     )
+    r.camera = "exterior_image_1_left"  # the view the reward model watches (DROID's names)
+    r.tokenizer_path = ""  # local Qwen3-VL tokenizer dir; "" = small built-in (tiny/sim only)
+    r.max_instruction_tokens = 64  # prompt room for the instruction (fixes jitted lengths)
+    r.train_on_demos = not paper  # also fine-tune on <workdir>/demos (paper: D_real only)
+    r.evaluate_after_training = True  # score the training set after train_reward (accuracy)
+    r.label_batch_size = 2 if tiny else (16 if sim else 32)  # episodes per scoring batch
+    # Datasets `label` scores, relative to the workdir, "{iteration}" formatted in.
+    r.label_dataset_dirs = ("iter_{iteration:02d}/synthetic",)
+    # Sources whose stored `success` is ground truth for the confusion matrices (add
+    # "synthetic" when imagine stores the simulator's replayed outcome).
+    r.known_label_sources = ("real", "demo", "droid")
+    r.progress = True  # progress bars while training and scoring
 
     # --- Parallelism (vlaw/train/mesh.py) ----------------------------------------------------
     c.mesh = m = ml_collections.ConfigDict()

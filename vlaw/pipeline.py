@@ -21,14 +21,20 @@ from absl import logging
 # name -> "module:function". Ordered as Algorithm 1 runs them.
 PHASES: dict[str, str] = {
     "collect": "vlaw.rollout.real:collect_phase",
+    "train_world_model": "vlaw.train.world_model:train_world_model_phase",
+    "train_reward": "vlaw.train.reward:train_reward_phase",
+    "label": "vlaw.rollout.label:label_phase",
+    "train_policy": "vlaw.train.policy:train_policy_phase",
 }
 
 
-def default_phase() -> str | None:
-    """The phase a bare `launch.py` runs: the whole loop once it exists, else the newest phase."""
-    if "loop" in PHASES:
-        return "loop"
-    return next(reversed(PHASES), None)
+def default_phase() -> str:
+    """The phase a bare `launch.py` runs: the whole loop once it exists, else `collect`.
+
+    Every other phase needs an earlier phase's output in the workdir, so until the loop lands
+    the default is the one phase that can start from an empty workdir.
+    """
+    return "loop" if "loop" in PHASES else "collect"
 
 
 def iteration_dir(workdir: str, iteration: int) -> str:

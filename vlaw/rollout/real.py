@@ -10,8 +10,12 @@ collection:
   every iteration:   `loop.real_rollouts_per_task` rollouts per task, success-labelled by the
                      station -> <workdir>/iter_XX/real (source "real")
 
-Until a trained policy exists, the rollouts are the scripted expert at `sim.expert_noise` (it
-stands in for the base policy; episodes record which policy acted). Each episode is saved
+Who acts in the rollouts of iteration k: the policy that `train_policy` trained at iteration
+k - 1 (`<workdir>/checkpoints/policy/iter_{k-1}`, loaded by `vlaw.train.policy.load_policy`;
+its checkpoint path goes into each episode's `policy_checkpoint`). Iteration 0 runs before any
+policy training (Algorithm 1: collect, then train), so there, and at any later iteration whose
+previous policy checkpoint is missing (phases run out of order), the scripted expert at
+`sim.expert_noise` stands in for the base policy. Each episode is saved
 atomically the moment it ends (lossless npz in a staging directory beside the dataset), so an
 interrupted collect resumes the count on rerun; once all episodes exist the RLDS dataset is
 written atomically and the staging removed. A rerun skips datasets that already exist.
@@ -186,14 +190,51 @@ def load_staged_episode(path: str) -> Episode:
     )
 
 
+def _policy_stream(config, specs: list[TaskSpec], source: str, iteration: int, policy):
+    """Rollouts of a trained `policy` (a `vlaw.train.policy.TrainedPolicy`) task by task, the
+    policy running here in the parent and the stations in simulator workers."""
+    from vlaw.sim.workers import StationPool
+
+    for task in config.tasks:
+        specs_for_task = [s for s in specs if s.task == task]
+        if not specs_for_task:
+            continue
+        per_worker = min(config.sim.stations_per_worker, len(specs_for_task))
+        num_workers = max(1, min(config.sim.num_workers, -(-len(specs_for_task) // per_worker)))
+        with StationPool(
+            [task] * (num_workers * per_worker),
+            num_workers,
+            per_worker,
+            config.data.image_height,
+            config.data.image_width,
+        ) as pool:
+            yield from policy_episodes(
+                pool,
+                policy,
+                specs_for_task,
+                max_steps=config.sim.max_steps,
+                open_loop_steps=config.policy.open_loop_steps,
+                source=source,
+                iteration=iteration,
+                policy_checkpoint=policy.checkpoint,
+            )
+
+
 def _record(
-    config, dataset_dir: str, specs: list[TaskSpec], source: str, iteration: int, name: str
+    config,
+    dataset_dir: str,
+    specs: list[TaskSpec],
+    source: str,
+    iteration: int,
+    name: str,
+    policy=None,
 ) -> dict:
     """Runs the episodes of `specs` in simulator workers into one RLDS dataset.
 
     Each episode is saved to the staging directory the moment it ends; a rerun after a crash
     loads the saved ones and runs only the rest. The RLDS dataset is then written in one go
-    (atomically, by vlaw.data.rlds) and the staging directory removed.
+    (atomically, by vlaw.data.rlds) and the staging directory removed. `policy` None: the
+    scripted expert acts.
     """
     from vlaw.data import rlds  # imports TensorFlow: parent process only
 
@@ -212,7 +253,11 @@ def _record(
     def episodes() -> Iterator[Episode]:
         for path in staged:
             yield load_staged_episode(path)
-        for episode in _expert_stream(config, todo, source, iteration):
+        if policy is None:
+            stream = _expert_stream(config, todo, source, iteration)
+        else:
+            stream = _policy_stream(config, todo, source, iteration, policy)
+        for episode in stream:
             save_staged_episode(staging, episode)
             yield episode
 
@@ -247,6 +292,10 @@ def collect_phase(config: ml_collections.ConfigDict, workdir: str, iteration: in
     from vlaw.pipeline import iteration_dir
 
     summary: dict = {"policy": f"scripted_expert(noise={config.sim.expert_noise:g})"}
+    policy = _trained_policy(config, workdir, iteration)
+    if policy is not None:
+        summary["policy"] = "trained"
+        summary["policy_checkpoint"] = policy.checkpoint
     demos_dir = os.path.join(workdir, "demos")
     if iteration == 0:
         if os.path.exists(demos_dir):
@@ -261,5 +310,24 @@ def collect_phase(config: ml_collections.ConfigDict, workdir: str, iteration: in
         summary["real"] = {"dataset_dir": real_dir, "skipped": True}
     else:
         specs = task_specs(config, "real", iteration, config.loop.real_rollouts_per_task)
-        summary["real"] = _record(config, real_dir, specs, "real", iteration, "vlaw_real")
+        summary["real"] = _record(
+            config, real_dir, specs, "real", iteration, "vlaw_real", policy=policy
+        )
     return summary
+
+
+def _trained_policy(config, workdir: str, iteration: int):
+    """The policy `train_policy` trained at iteration - 1, or None (see the module docstring)."""
+    if iteration == 0:
+        return None
+    from vlaw.train import policy as policy_training  # JAX: only once a policy may exist
+
+    if not policy_training.has_policy_checkpoint(workdir, iteration - 1):
+        logging.warning(
+            "collect iter_%02d: no policy checkpoint from iteration %d; the scripted expert "
+            "acts instead",
+            iteration,
+            iteration - 1,
+        )
+        return None
+    return policy_training.load_policy(workdir, iteration - 1, seed=config.seed + iteration)

@@ -1,0 +1,254 @@
+"""`train_policy` end to end at the tiny preset: on what `collect` wrote, resumed after an
+interruption, on failures only; and the trained checkpoint acting through `load_policy`.
+
+Each phase call compiles the train step for 8 fake CPU devices (~20-40 s on 2 shared cores),
+so the resume and next-iteration runs are marked slow. (A persistent compilation cache shared
+by the calls crashed XLA:CPU on the second donated step, so there is none.)
+"""
+
+import dataclasses
+import json
+import os
+import shutil
+
+import jax
+import numpy as np
+import pytest
+
+from vlaw import pipeline
+from vlaw.config import experiment_config
+from vlaw.train import policy as policy_lib
+
+STEPS = 4
+
+
+def _config():
+    config = experiment_config(("scoop",), "tiny")
+    config.policy.train.batch_size = 8  # one row per fake device
+    config.policy.train.steps = STEPS
+    return config
+
+
+def _relabel(source_dir: str, target_dir: str, success: bool) -> None:
+    from vlaw.data import rlds
+
+    episodes = [
+        dataclasses.replace(
+            episode, metadata=dataclasses.replace(episode.metadata, success=success, kept=success)
+        )
+        for episode in rlds.read_episodes(source_dir)
+    ]
+    rlds.write_episodes(target_dir, episodes, name="vlaw_demos")
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    """A workdir after `collect` (iteration 0) whose demos are relabelled successes (the tiny
+    preset's 30-step episodes all fail), and a pristine copy of its datasets."""
+    import tensorflow as tf  # noqa: F401  (in play in this process, as in the real phase)
+
+    workdir = str(tmp_path_factory.mktemp("policy_phase"))
+    config = _config()
+    pipeline.run_phase("collect", config, workdir, iteration=0)
+    pristine = str(tmp_path_factory.mktemp("pristine"))
+    for name in ("demos", "iter_00"):
+        shutil.copytree(os.path.join(workdir, name), os.path.join(pristine, name))
+    shutil.rmtree(os.path.join(workdir, "demos"))
+    _relabel(os.path.join(pristine, "demos"), os.path.join(workdir, "demos"), success=True)
+    return config, workdir, pristine
+
+
+@pytest.fixture(scope="module")
+def trained(collected):
+    config, workdir, _ = collected
+    summary = pipeline.run_phase("train_policy", config, workdir, iteration=0)
+    return config, workdir, summary
+
+
+def _metrics(workdir: str) -> list[dict]:
+    path = os.path.join(policy_lib.policy_checkpoint_dir(workdir, 0), "metrics.jsonl")
+    with open(path) as f:
+        return [json.loads(line) for line in f]
+
+
+def _params(workdir: str):
+    return policy_lib.load_policy(workdir, 0).params
+
+
+def test_train_policy_trains_on_collected_episodes(trained):
+    config, workdir, summary = trained
+    ckpt_dir = policy_lib.policy_checkpoint_dir(workdir, 0)
+    assert summary["step"] == STEPS and summary["init"] == "scratch"
+    assert summary["dataset_dirs"] == [
+        os.path.join(workdir, "demos"),
+        os.path.join(workdir, "iter_00", "real"),
+    ]
+    for name in ("policy.json", "norm_stats.json", "tokenizer.model", str(STEPS)):
+        assert os.path.exists(os.path.join(ckpt_dir, name)), name
+    metrics = _metrics(workdir)
+    assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
+    assert all(np.isfinite(m["loss"]) and m["loss"] > 0 for m in metrics)
+    # Demos weigh 1, the failed real rollouts 0 (Eq. 4): both in every batch, on average.
+    assert 0 < summary["mean_weight"] < 1
+    assert all(m["update_applied"] == 1.0 for m in metrics)
+    state = pipeline.load_state(workdir)
+    assert state["iter_00"]["train_policy"]["checkpoint"] == ckpt_dir
+
+    # The prompt fits: the run's tokenizer spends a token per word and per state number.
+    with open(os.path.join(ckpt_dir, "policy.json")) as f:
+        spec = json.load(f)
+    assert spec["overrides"]["vocab_size"] == config.policy.tokenizer_vocab_size
+    from vlaw.models.policy.tokenizer import PaligemmaTokenizer
+
+    tokenizer = PaligemmaTokenizer(os.path.join(ckpt_dir, "tokenizer.model"), 64)
+    _, mask = tokenizer.tokenize("transfer some peanuts to the bowl", np.zeros(8))
+    assert mask.sum() < 40
+
+
+def test_load_policy_acts_in_the_station_action_space(trained):
+    from vlaw.data import droid, rlds
+    from vlaw.rollout.station import Observation
+
+    config, workdir, _ = trained
+    episode = next(iter(rlds.read_episodes(os.path.join(workdir, "iter_00", "real"))))
+    observations = [
+        Observation(
+            images={
+                name: episode.observation[f"observation/{name}"][t] for name in droid.CAMERA_NAMES
+            },
+            joint_position=episode.observation["observation/joint_position"][t],
+            gripper_position=episode.observation["observation/gripper_position"][t],
+            cartesian_position=episode.observation["observation/cartesian_position"][t],
+            instruction=episode.instruction,
+        )
+        for t in (0, 10, 20)
+    ]
+    policy = policy_lib.load_policy(workdir, 0)
+    assert policy.checkpoint.endswith(f"iter_00/{STEPS}")
+    actions = policy(observations)
+    assert actions.shape == (3, config.policy.action_horizon, 8)
+    assert np.all(np.isfinite(actions))
+    assert np.all(np.abs(actions[..., :7]) <= 1.0)
+    assert np.all((actions[..., 7] >= 0.0) & (actions[..., 7] <= 1.0))
+    again = policy(observations)  # fresh noise on every call
+    assert not np.array_equal(actions, again)
+
+
+@pytest.mark.slow  # two more phase runs (~40 s each on 2 shared cores)
+def test_interrupted_train_policy_resumes_exactly(trained, tmp_path):
+    config, straight_workdir, _ = trained
+    workdir = str(tmp_path)
+    for name in ("demos", "iter_00"):
+        shutil.copytree(os.path.join(straight_workdir, name), os.path.join(workdir, name))
+    policy_lib.train_policy_phase(config, workdir, 0, stop_at_step=2, progress=False)
+    assert "train_policy" not in pipeline.load_state(workdir).get("iter_00", {})
+    summary = pipeline.run_phase("train_policy", config, workdir, iteration=0)
+    assert summary["step"] == STEPS
+    assert "train_policy" in pipeline.load_state(workdir)["iter_00"]
+    # Steps 3 and 4 ran once, on the batches an uninterrupted run would have drawn.
+    assert [m["step"] for m in _metrics(workdir)] == list(range(1, STEPS + 1))
+    straight = {m["step"]: m["loss"] for m in _metrics(straight_workdir)}
+    resumed = {m["step"]: m["loss"] for m in _metrics(workdir)}
+    np.testing.assert_allclose([resumed[s] for s in straight], list(straight.values()), rtol=1e-5)
+    jax.tree.map(
+        lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6),
+        _params(workdir),
+        _params(straight_workdir),
+    )
+
+
+def test_failures_only_train_with_zero_weight(collected, tmp_path):
+    """Eq. 4 with every label 0: loss and gradients are exactly 0 and nothing is NaN (the loss
+    divides by max(weight sum, 1e-8), never 0/0)."""
+    config, _, pristine = collected
+    workdir = str(tmp_path)
+    _relabel(os.path.join(pristine, "demos"), os.path.join(workdir, "demos"), success=False)
+    _relabel(
+        os.path.join(pristine, "iter_00", "real"),
+        os.path.join(workdir, "iter_00", "real"),
+        success=False,
+    )
+    summary = pipeline.run_phase("train_policy", config, workdir, iteration=0)
+    assert summary["nonfinite_count"] == 0 and summary["mean_weight"] == 0.0
+    for m in _metrics(workdir):
+        assert m["loss"] == 0.0 and m["grad_norm"] == 0.0 and m["weight_sum"] == 0.0
+        assert np.isfinite(m["unweighted_loss"]) and m["update_applied"] == 1.0
+
+
+@pytest.fixture(scope="module")
+def collected_by_policy(trained):
+    """`collect` at iteration 1: the iteration-0 checkpoint acts on the stations."""
+    config, workdir, _ = trained
+    summary = pipeline.run_phase("collect", config, workdir, iteration=1)
+    return config, workdir, summary
+
+
+def test_collect_after_training_rolls_out_the_trained_policy(collected_by_policy):
+    from vlaw.data import rlds
+
+    config, workdir, summary = collected_by_policy
+    checkpoint = os.path.join(policy_lib.policy_checkpoint_dir(workdir, 0), str(STEPS))
+    assert summary["policy"] == "trained" and summary["policy_checkpoint"] == checkpoint
+    assert "demos" not in summary  # warm-start demonstrations belong to iteration 0 only
+    episodes = list(rlds.read_episodes(os.path.join(workdir, "iter_01", "real")))
+    assert len(episodes) == config.loop.real_rollouts_per_task
+    for episode in episodes:
+        assert episode.metadata.policy_checkpoint == checkpoint
+        assert episode.metadata.source == "real" and episode.metadata.iteration == 1
+        assert episode.num_steps == config.sim.max_steps
+        assert np.all(np.abs(episode.policy_actions()[:, :7]) <= 1.0)
+
+
+@pytest.mark.slow  # one more phase run
+def test_next_iteration_starts_from_the_previous_policy(collected_by_policy):
+    config, workdir, _ = collected_by_policy
+    summary = pipeline.run_phase("train_policy", config, workdir, iteration=1)
+    previous = policy_lib.policy_checkpoint_dir(workdir, 0)
+    assert summary["init"] == "previous_iteration" and summary["init_path"] == previous
+    assert os.path.join(workdir, "iter_01", "real") in summary["dataset_dirs"]
+    current = policy_lib.policy_checkpoint_dir(workdir, 1)
+    for name in ("norm_stats.json", "tokenizer.model"):  # carried forward unchanged
+        with (
+            open(os.path.join(previous, name), "rb") as a,
+            open(os.path.join(current, name), "rb") as b,
+        ):
+            assert a.read() == b.read(), name
+    assert summary["step"] == STEPS and np.isfinite(summary["final_loss"])
+
+
+@pytest.mark.slow  # one more phase run
+def test_init_from_an_openpi_checkpoint(collected, tmp_path):
+    """`policy.train.init_from` naming an openpi checkpoint (params/ + assets/droid/
+    norm_stats.json, written here in openpi's layout at tiny size) seeds the weights, and its
+    norm stats are used instead of statistics of the data."""
+    import flax.linen as nn
+
+    from vlaw.convert.openpi import save_openpi_params, vlaw_to_openpi
+    from vlaw.data.norm_stats import NormStats, load_norm_stats, save_norm_stats
+    from vlaw.models.policy import pi05
+
+    _, workdir, _ = collected
+    config = _config()  # a fresh copy: init_from is set below
+    openpi_dir = str(tmp_path / "openpi")
+    overrides = dict(policy_lib.model_overrides(config, config.policy.tokenizer_vocab_size))
+    abstract = nn.unbox(pi05.abstract_params(pi05.pi05_config("tiny", **overrides)))["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: rng.normal(0, 0.02, a.shape).astype(np.float32), abstract)
+    save_openpi_params(os.path.join(openpi_dir, "params"), vlaw_to_openpi(params))
+    stats = NormStats(mean=np.zeros(8), std=np.ones(8), q01=-np.full(8, 2.0), q99=np.full(8, 2.0))
+    stats_path = os.path.join(openpi_dir, "assets", "droid", "norm_stats.json")
+    save_norm_stats(stats_path, {"state": stats, "actions": stats})
+
+    run = str(tmp_path / "run")
+    for name in ("demos", "iter_00"):
+        shutil.copytree(os.path.join(workdir, name), os.path.join(run, name))
+    config.policy.train.init_from = openpi_dir
+    summary = pipeline.run_phase("train_policy", config, run, iteration=0)
+    assert summary["init"] == "openpi" and summary["norm_stats"] == stats_path
+    saved = load_norm_stats(
+        os.path.join(policy_lib.policy_checkpoint_dir(run, 0), "norm_stats.json")
+    )
+    np.testing.assert_allclose(saved["actions"].q99, 2.0)
+    # 4 AdamW steps at lr <= 3e-4 move each weight by at most ~1.2e-3 from the import.
+    trained = policy_lib.load_policy(run, 0).params["params"]
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-3), trained, params)

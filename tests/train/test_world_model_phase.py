@@ -1,0 +1,212 @@
+"""`train_world_model` on `experiment_config(("scoop",), "tiny")` data from `collect`, in process.
+
+Default tests: the mesh guard, configuration, text embeddings, the start-point choice and the
+data windows (one batch from a collected workdir). Slow tests: the whole phase (VAE, world
+model, held-out PSNR check), a state.json no-op rerun, a fixed-batch loss check and iteration 1
+starting from iteration 0's checkpoint.
+"""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from vlaw import config as config_lib
+from vlaw import pipeline
+from vlaw.data import mixture, rlds
+from vlaw.train import world_model as wm
+
+
+def _tiny_config():
+    config = config_lib.experiment_config(("scoop",), "tiny")
+    # 8 fake devices: data=2 carries the batch of 2, tensor=4 shards the wide matrices.
+    config.mesh.tensor = 4
+    return config
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("world_model"))
+    config = _tiny_config()
+    pipeline.run_phase("collect", config, workdir, iteration=0)
+    return config, workdir
+
+
+def test_mesh_guard_refuses_one_example_per_shard_with_fsdp_and_tensor(tmp_path):
+    config = _tiny_config()
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
+    config.world_model.train.batch_size = 4  # 1 example per (data, fsdp) shard
+    with pytest.raises(ValueError, match="test_sharding_bug"):
+        wm.check_mesh_batch(config, num_devices=8)
+    # The phase refuses before it reads anything (the workdir is empty).
+    with pytest.raises(ValueError, match="one example per shard"):
+        wm.train_world_model_phase(config, str(tmp_path), 0)
+    config.world_model.train.batch_size = 8
+    wm.check_mesh_batch(config, num_devices=8)
+    config.world_model.train.batch_size = 4
+    config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 4, 2, 1  # fsdp only: exact
+    wm.check_mesh_batch(config, num_devices=8)
+
+
+def test_model_config_follows_the_experiment():
+    tiny = wm.model_config(_tiny_config(), scaling_factor=2.5)
+    assert (tiny.num_history, tiny.num_future, len(tiny.history_idx)) == (6, 5, 6)
+    assert tiny.vae.scaling_factor == 2.5 and tiny.unet.dtype == "float32"
+    assert wm.pixel_size(tiny) == (8, 16)
+    assert wm.pixel_size(wm.model_config(config_lib.experiment_config(("scoop",), "sim"))) == (
+        64,
+        64,
+    )
+    paper = wm.model_config(config_lib.experiment_config(("scoop",), "paper"))
+    assert wm.pixel_size(paper) == (192, 320)  # Ctrl-World's 192x320 views
+    assert paper.unet.dtype == "bfloat16" and paper.unet.remat_policy == "nothing_saveable"
+
+
+def test_seeded_text_embeddings_are_fixed_per_instruction_and_saved(tmp_path):
+    path = str(tmp_path / "text.json")
+    text = wm.TextEmbeddings(16, path=path)
+    a = text(["scoop the beans", "stack the cups", "scoop the beans"])
+    assert a.shape == (3, 16) and a.dtype == np.float32
+    np.testing.assert_array_equal(a[0], a[2])
+    assert not np.allclose(a[0], a[1])
+    np.testing.assert_array_equal(a[0], wm.TextEmbeddings.seeded_vector("scoop the beans", 16))
+    text.save()
+    again = wm.TextEmbeddings(16, path=path)
+    assert set(again.table) == {"scoop the beans", "stack the cups"}
+    np.testing.assert_array_equal(again(["stack the cups"])[0], a[1])
+    with open(path) as f:
+        assert json.load(f)["kind"] == "seeded_random"
+
+
+def test_start_point_previous_iteration_then_init_from_then_scratch(tmp_path):
+    config = _tiny_config()
+    workdir = str(tmp_path)
+    assert wm._choose_init(config, workdir, 0) == {"kind": "scratch", "path": ""}
+    with pytest.raises(FileNotFoundError, match="train_world_model"):
+        wm.load_world_model(config, workdir, 0)
+    config.world_model.train.init_from = "/somewhere/checkpoint-10000.pt"
+    assert wm._choose_init(config, workdir, 1)["kind"] == "ctrl_world"
+    os.makedirs(os.path.join(wm.checkpoint_dir(workdir, 0), "4"))
+    assert wm._choose_init(config, workdir, 1) == {
+        "kind": "previous_iteration",
+        "path": wm.checkpoint_dir(workdir, 0),
+    }
+
+
+def test_psnr():
+    a = np.full((2, 4, 4, 3), 100, np.uint8)
+    assert wm.psnr(a, a) > 90
+    b = a.astype(np.int32) + 10
+    np.testing.assert_allclose(wm.psnr(a, b), 10 * np.log10(255.0**2 / 100.0))
+
+
+def test_windows_hold_out_the_newest_episode_and_carry_instructions(collected):
+    config, workdir = collected
+    dirs = wm.training_dataset_dirs(workdir, 0)
+    assert dirs == [os.path.join(workdir, "demos"), os.path.join(workdir, "iter_00", "real")]
+    layout = rlds.open_dataset(dirs[-1])
+    heldout = wm.heldout_episodes(dirs[-1], 1)
+    assert heldout == [(layout.shard_paths[-1], layout.shard_lengths[-1] - 1)]
+    model_cfg = wm.model_config(config)
+    size = wm.pixel_size(model_cfg)
+    batches = wm.world_model_windows(
+        config,
+        mixture.sources_from_config(dirs, config.data),
+        batch_size=2,
+        seed=0,
+        image_size=size,
+        exclude=heldout,
+    )
+    try:
+        batch = next(batches)
+    finally:
+        batches.close()
+    assert batch["instruction"].shape == (2,)
+    text = wm.TextEmbeddings(model_cfg.text_dim)
+    host = wm.world_model_host_fn(text)(batch)
+    assert host["frames"].shape == (2, 11, 3, *size, 3) and host["frames"].dtype == np.uint8
+    assert host["poses"].shape == (2, 11, 7)
+    assert host["text_embeds"].shape == (2, model_cfg.text_dim)
+    assert wm.vae_clips(batch)["clips"].shape == (6, 5, *size, 3)
+    check = wm.evaluation_windows(config, heldout, dirs[-1], 2, size)
+    assert check["frames"].shape == (2, 11, 3, *size, 3)
+    assert len(check["instructions"]) == 2
+
+
+@pytest.fixture(scope="module")
+def trained(collected):
+    config, workdir = collected
+    config.world_model.train.steps = 6
+    config.world_model.train.learning_rate = 1e-3
+    summary = pipeline.run_phase("train_world_model", config, workdir, iteration=0)
+    return config, workdir, summary
+
+
+@pytest.mark.slow  # VAE + world model compiles, sampler: ~4 min on 2 shared CPU cores
+def test_phase_trains_checkpoints_and_reports_the_prediction_check(trained):
+    config, workdir, summary = trained
+    directory = wm.checkpoint_dir(workdir, 0)
+    assert sorted(int(d) for d in os.listdir(directory) if d.isdigit()) == [2, 4, 6]
+    assert sorted(int(d) for d in os.listdir(wm.vae_checkpoint_dir(workdir)) if d.isdigit()) == [
+        2,
+        4,
+    ]
+    assert summary["step"] == 6 and summary["init"] == "scratch" and summary["vae"] == "trained"
+    assert summary["nonfinite_count"] == 0 and np.isfinite(summary["final_loss"])
+    assert summary["vae_scaling_factor"] > 0 and summary["eval_heldout"]
+    for key in ("psnr_prediction", "psnr_copy_current_frame", "psnr_vae_reconstruction"):
+        assert np.isfinite(summary[key]) and summary[key] > 0
+    with open(os.path.join(directory, wm.TEXT_FILE)) as f:
+        vectors = json.load(f)["vectors"]  # the scoop task's instruction variants seen
+    assert vectors
+    for instruction, vector in vectors.items():
+        np.testing.assert_allclose(vector, wm.TextEmbeddings.seeded_vector(instruction, 16))
+    # state.json: a rerun is a no-op.
+    mtime = os.path.getmtime(os.path.join(directory, "metrics.jsonl"))
+    assert pipeline.run_phase("train_world_model", config, workdir, iteration=0) == summary
+    assert os.path.getmtime(os.path.join(directory, "metrics.jsonl")) == mtime
+    with open(os.path.join(workdir, "state.json")) as f:
+        assert json.load(f)["iter_00"]["train_world_model"]["step"] == 6
+
+
+@pytest.mark.slow
+def test_training_lowers_the_loss_on_a_fixed_batch(trained):
+    """The per-step loss is dominated by the sampled noise level at batch 2; the fair check is
+    the same batch with the same noise keys, at the initial and at the trained weights."""
+    config, workdir, _ = trained
+    loaded = wm.load_world_model(config, workdir, 0)
+    model, vae, spec, size = loaded.model, loaded.vae, loaded.spec, loaded.pixel_size
+    model_cfg = model.config
+    assert model_cfg.vae.scaling_factor == spec["scaling_factor"]
+    seed = wm._seed(config, 0, salt=2)
+    # The phase's own starting point (scratch UNet from its seed, the trained VAE).
+    initial = wm._initial_params(config, spec, model, vae, size, seed)
+    trained_params = loaded.params
+    dirs = wm.training_dataset_dirs(workdir, 0)
+    sources = mixture.sources_from_config(dirs, config.data)
+    batches = wm.world_model_windows(config, sources, batch_size=2, seed=7, image_size=size)
+    try:
+        batch = wm.world_model_host_fn(wm.TextEmbeddings(model_cfg.text_dim))(next(batches))
+    finally:
+        batches.close()
+    loss_fn = jax.jit(wm.world_model_loss_fn(model, vae, "float32"))
+    keys = jax.random.split(jax.random.key(3), 8)
+
+    def mean_loss(params):
+        return np.mean([float(loss_fn(params, batch, k)[0]) for k in keys])
+
+    before, after = mean_loss(initial), mean_loss(trained_params)
+    assert after < before, (before, after)
+
+
+@pytest.mark.slow
+def test_iteration_1_starts_from_iteration_0(trained):
+    config, workdir, _ = trained
+    config.world_model.eval_windows = 0
+    pipeline.run_phase("collect", config, workdir, iteration=1)
+    summary = pipeline.run_phase("train_world_model", config, workdir, iteration=1)
+    assert summary["init"] == "previous_iteration" and summary["vae"] == "trained"
+    assert summary["dataset_dirs"][-1] == os.path.join(workdir, "iter_01", "real")
+    assert summary["step"] == 6 and np.isfinite(summary["final_loss"])
