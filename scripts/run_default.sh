@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
-# Sets up the environment and runs vlaw on the built-in simulated DROID station.
-# Any extra arguments are passed to launch.py (e.g. --phase=collect, --config.sim.num_workers=4).
+# Sets up the environment and runs vlaw on the built-in simulated DROID station (scoop, `sim`
+# preset): `collect` (25 scripted-expert demonstrations and 20 rollouts, with success rates),
+# then `train_policy` (the base pi0.5 policy trained on the successful episodes). Until the
+# whole loop lands these are the phases that run from an empty workdir; rerunning resumes.
+# Extra arguments go to launch.py (e.g. --config.sim.num_workers=4).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/venv.sh"
 cd "$ROOT"
-exec python launch.py --config=experiments/scoop.py:sim --workdir="${VLAW_WORKDIR:-runs/scoop_sim}" "$@"
+WORKDIR="${VLAW_WORKDIR:-runs/scoop_sim}"
+for phase in collect train_policy; do
+  python launch.py --config=experiments/scoop.py:sim --workdir="$WORKDIR" --phase="$phase" "$@"
+done
