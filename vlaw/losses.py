@@ -4,7 +4,7 @@ Research code imports this module alone: it depends on jax only (no Flax modules
 Each loss returns `(scalar_loss, metrics_dict)`.
 
 - `flow_matching_loss`: the policy's weighted flow-matching objective (paper Eq. 4).
-- `edm_diffusion_loss`: the world model's video-diffusion objective (paper Eq. 1, Ctrl-World's
+- `diffusion_loss`: the world model's video-diffusion objective (paper Eq. 1, Ctrl-World's
   EDM x0 parameterisation).
 - `yes_no_loss`: the reward model's cross-entropy on the answer token (paper Eq. 3's P("yes")).
 """
@@ -134,7 +134,7 @@ def edm_preconditioning(sigma: jax.Array) -> tuple[jax.Array, jax.Array, jax.Arr
     return c_skip, c_out, c_in, c_noise
 
 
-def edm_diffusion_loss(
+def diffusion_loss(
     network: Callable[[jax.Array, jax.Array, jax.Array], jax.Array],
     latents: jax.Array,
     rng: jax.Array,

@@ -1,4 +1,4 @@
-"""`vlaw.losses.edm_diffusion_loss` and `edm_preconditioning` (paper Eq. 1, Ctrl-World's EDM)."""
+"""`vlaw.losses.diffusion_loss` and `edm_preconditioning` (paper Eq. 1, Ctrl-World's EDM)."""
 
 import subprocess
 import sys
@@ -7,7 +7,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlaw.losses import edm_diffusion_loss, edm_preconditioning
+from vlaw.losses import diffusion_loss, edm_preconditioning
 
 B, NH, T, H, W, C = 2, 2, 5, 4, 3, 4
 
@@ -18,7 +18,7 @@ def _latents(seed=0):
 
 def test_imports_with_jax_only():
     code = (
-        "import sys, vlaw.losses as L; L.edm_diffusion_loss; "
+        "import sys, vlaw.losses as L; L.diffusion_loss; "
         "bad = [m for m in ('flax', 'torch', 'tensorflow') if m in sys.modules]; "
         "assert not bad, bad"
     )
@@ -58,15 +58,15 @@ def test_weighting_on_a_hand_computed_case():
     # p_std = 0 and p_mean = 0 -> sigma = 1 exactly -> lambda = (1 + 1) / 1 = 2.
     kw = dict(num_history=NH, p_mean=0.0, p_std=0.0)
     delta = jnp.asarray([0.5, 1.0])
-    loss, metrics = edm_diffusion_loss(_oracle(latents, delta), latents, jax.random.key(1), **kw)
+    loss, metrics = diffusion_loss(_oracle(latents, delta), latents, jax.random.key(1), **kw)
     # Per example lambda * delta^2 = [0.5, 2.0]; plain mean 1.25.
     np.testing.assert_allclose(float(loss), 1.25, rtol=1e-4)
     np.testing.assert_allclose(float(metrics["loss_weight_mean"]), 2.0, rtol=1e-6)
-    weighted, _ = edm_diffusion_loss(
+    weighted, _ = diffusion_loss(
         _oracle(latents, delta), latents, jax.random.key(1), weights=jnp.asarray([1.0, 3.0]), **kw
     )
     np.testing.assert_allclose(float(weighted), (0.5 + 3 * 2.0) / 4, rtol=1e-4)
-    perfect, _ = edm_diffusion_loss(
+    perfect, _ = diffusion_loss(
         _oracle(latents, jnp.zeros(2)), latents, jax.random.key(2), num_history=NH
     )
     assert float(perfect) < 1e-6
@@ -80,7 +80,7 @@ def test_network_inputs_history_and_condition():
         seen.update(model_input=model_input, condition=condition, c_noise=c_noise)
         return jnp.zeros_like(model_input)
 
-    edm_diffusion_loss(
+    diffusion_loss(
         network,
         latents,
         jax.random.key(0),
@@ -106,7 +106,7 @@ def test_gradient_is_finite_and_matches_finite_differences():
 
     def loss_of(a):
         network = lambda x, cond, c: a[0] * x + a[1] * cond[:, None]  # noqa: E731
-        return edm_diffusion_loss(network, latents, rng, num_history=NH)[0]
+        return diffusion_loss(network, latents, rng, num_history=NH)[0]
 
     a = jnp.asarray([0.3, -0.2])
     grad = jax.grad(loss_of)(a)

@@ -52,7 +52,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlaw.losses import edm_diffusion_loss, edm_preconditioning
+from vlaw.losses import diffusion_loss, edm_preconditioning
 from vlaw.models.world_model.unet import UNetConfig, UNetSpatioTemporal, dense
 from vlaw.models.world_model.vae import TemporalVAE, VAEConfig, decode_latents
 
@@ -266,7 +266,7 @@ def init_params(model: CtrlWorld, rng: jax.Array, batch: int = 1) -> dict:
 def world_model_loss(
     model: CtrlWorld, params, batch: dict, rng: jax.Array
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Ctrl-World's training loss for one batch: `edm_diffusion_loss` with this model.
+    """Ctrl-World's training loss for one batch: `diffusion_loss` with this model.
 
     batch: "latents" (B, T, H, W, 4) VAE-scaled, "poses" (B, T, 7) normalised, "text_embeds"
     (B, text_dim), optional "weights" (B,) (Eq. 2 co-training weights).
@@ -283,7 +283,7 @@ def world_model_loss(
     def network(model_input, condition, c_noise):
         return model.apply({"params": params}, model_input, condition, c_noise, ctx, ids)
 
-    return edm_diffusion_loss(
+    return diffusion_loss(
         network,
         batch["latents"],
         k_loss,
