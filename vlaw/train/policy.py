@@ -432,14 +432,6 @@ def _prepare(
     return spec
 
 
-def _loss_curve(ckpt_dir: str) -> list[dict]:
-    path = os.path.join(ckpt_dir, "metrics.jsonl")
-    if not os.path.exists(path):
-        return []
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
 def train_policy_phase(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -510,7 +502,7 @@ def train_policy_phase(
         )
     finally:
         batches.close()
-    curve = _loss_curve(ckpt_dir)
+    curve = trainer.read_metrics(ckpt_dir)
     step = int(jax.device_get(state.step))
     summary = {
         "checkpoint": ckpt_dir,

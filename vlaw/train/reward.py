@@ -206,21 +206,12 @@ def training_dirs(config: ml_collections.ConfigDict, workdir: str, iteration: in
     return dirs
 
 
-def _last_logged_metrics(directory: str) -> dict[str, float]:
-    path = os.path.join(directory, "metrics.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
-
-
 def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
     """Fine-tunes the reward model (iteration 0; later iterations keep it). Returns the summary."""
     from vlaw.data import rlds
     from vlaw.data.windows import reward_batches
     from vlaw.rollout import label
-    from vlaw.train.trainer import train
+    from vlaw.train import trainer
 
     r = config.reward
     directory = checkpoint_dir(workdir)
@@ -279,7 +270,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
         skip_corrupt=config.data.skip_corrupt,
     )
     try:
-        state = train(
+        state = trainer.train(
             train_cfg,
             config.ckpt,
             config.mesh,
@@ -295,7 +286,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
     finally:
         batches.close()
     step = int(jax.device_get(state.step))
-    logged = _last_logged_metrics(directory)
+    logged = (trainer.read_metrics(directory) or [{}])[-1]
     summary: dict[str, Any] = {
         "trained": True,
         "checkpoint_dir": directory,

@@ -59,6 +59,14 @@ class TrainState:
     nonfinite_count: jax.Array  # int32[]: updates refused for a non-finite loss or grad norm
 
 
+def read_metrics(workdir: str) -> list[dict[str, float]]:
+    """The lines `train` logged to `<workdir>/metrics.jsonl`, oldest first ([] if none)."""
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
 class NonFiniteError(FloatingPointError):
     """Raised when more than `train.max_nonfinite_steps` updates were refused."""
 

@@ -424,7 +424,7 @@ def train_vae(
                 "variant": str(w.variant),
                 "scaling_factor": _measure_scaling_factor(vae, params, batches),
                 "steps": int(jax.device_get(state.step)),
-                "final": _last_metrics(directory),
+                "final": (trainer.read_metrics(directory) or [{}])[-1],
             }
             _write_json(spec_path, spec)
     finally:
@@ -443,15 +443,6 @@ def _load_vae_params(path: str, vae_cfg: VAEConfig, image_size) -> Any:
 
 # --------------------------------------------------------------------------------------------
 # The world model.
-
-
-def _last_metrics(directory: str) -> dict[str, float]:
-    path = os.path.join(directory, "metrics.jsonl")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        lines = [line for line in f if line.strip()]
-    return json.loads(lines[-1]) if lines else {}
 
 
 def loss_curve(directory: str) -> list[dict]:
