@@ -304,3 +304,16 @@ def test_same_batches_in_a_fresh_process(vlaw_dataset):
         [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=300
     )
     assert result.stdout.strip().splitlines()[-1] == here
+
+
+def test_episode_weight_is_eq4_binary_weight():
+    from vlaw.data.episode import EpisodeMetadata
+
+    def weight(**fields):
+        return windows.episode_weight(EpisodeMetadata(task="scoop", **fields))
+
+    assert weight(success=True, source="real") == 1.0
+    assert weight(success=False, source="demo") == 0.0
+    # Synthetic rollouts are weighted by the reward model's verdict, not a stored label.
+    assert weight(success=False, source="synthetic", kept=True) == 1.0
+    assert weight(success=True, source="synthetic", kept=False) == 0.0

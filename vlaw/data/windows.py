@@ -29,12 +29,13 @@ import atexit
 import dataclasses
 import threading
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from typing import Any
 
 import numpy as np
 
 from vlaw.data import droid, mixture, rlds, transforms
+from vlaw.data.episode import EpisodeMetadata
 from vlaw.data.tensorflow_cpu import import_tensorflow
 
 NUM_VIEWS = len(droid.CAMERA_NAMES)
@@ -370,6 +371,7 @@ def world_model_batches(
     num_parallel_reads: int = 2,
     image_size: tuple[int, int] | None = None,
     skip_corrupt: bool = False,
+    exclude: Collection[tuple[str, int]] = (),
     process_index: int | None = None,
     process_count: int | None = None,
 ) -> WindowBatches:
@@ -387,6 +389,7 @@ def world_model_batches(
         a larger stride bounds that duplication (and the shuffle buffer's memory) on DROID.
       image_size: (H, W) to resize every frame to; None keeps the stored size (then all
         sources must share it).
+      exclude: (shard path, record index) pairs of episodes to leave out (held-out ones).
 
     Batches (V = 3 views in droid.CAMERA_NAMES order, H, W the image size):
       history_frames (B, num_history, V, H, W, 3) uint8, oldest first
@@ -395,6 +398,7 @@ def world_model_batches(
       history_poses (B, num_history, 7) float32, cartesian_position ++ gripper_position
       future_poses (B, num_future, 7) float32, the current frame's pose first
       action_chunk (B, (num_future - 1) * frame_stride, 8) float32, raw pi0.5-DROID actions
+      instruction (B,) bytes, the episode's instruction (Ctrl-World's text conditioning)
     """
     num_actions = (num_future - 1) * frame_stride
     columns = {
@@ -404,15 +408,17 @@ def world_model_batches(
         "history_poses": _Column((num_history, 7), "float32"),
         "future_poses": _Column((num_future, 7), "float32"),
         "action_chunk": _Column((num_actions, droid.POLICY_ACTION_DIM), "float32"),
+        "instruction": _Column((), "string"),
     }
 
     spacings = np.atleast_1d(np.asarray(history_spacing, np.int64))
+    excluded = {(str(path), int(index)) for path, index in exclude}
 
     def build_block(raw, rng):
-        steps = _steps(raw)
         num_steps = raw["num_steps"]
-        if num_steps == 0:
+        if num_steps == 0 or (str(raw["shard_path"]), int(raw["record_index"])) in excluded:
             return None
+        steps = _steps(raw)
         starts = np.arange(0, num_steps, window_stride)
         spacing = rng.choice(spacings, size=len(starts))
         spacing[rng.random(len(starts)) < no_history_probability] = 0
@@ -434,6 +440,9 @@ def world_model_batches(
             "history_poses": poses[indices["history"]],
             "future_poses": poses[indices["future"]],
             "action_chunk": actions[indices["actions"]],
+            "instruction": np.full(
+                len(starts), rlds.instruction_from_raw(raw).encode(), dtype=object
+            ),
         }
 
     return _window_batches(
@@ -452,6 +461,12 @@ def world_model_batches(
     )
 
 
+def episode_weight(metadata: EpisodeMetadata) -> float:
+    """Eq. 4's binary weight of an episode: `kept` for synthetic rollouts (the reward model's
+    verdict), `success` for everything else (the operator's or the simulator's label)."""
+    return float(metadata.kept if metadata.source == "synthetic" else metadata.success)
+
+
 def policy_batches(
     sources,
     *,
@@ -468,8 +483,9 @@ def policy_batches(
 ) -> WindowBatches:
     """pi0.5 training examples, one per step of every episode.
 
-    `weight` is the binary success weight of Eq. 4 (1 for successful episodes, 0 for
-    failures); `drop_failures=True` leaves weight-0 examples out instead (filtered BC).
+    `weight` is the binary weight of Eq. 4 (`episode_weight`: 1 for successful real episodes
+    and kept synthetic ones, else 0); `drop_failures=True` leaves weight-0 examples out
+    instead (filtered BC).
 
     Batches:
       images (B, 3, H, W, 3) uint8, droid.CAMERA_NAMES order
@@ -488,9 +504,9 @@ def policy_batches(
     }
 
     def build_block(raw, rng):
-        success = rlds.metadata_from_raw(raw).success
+        weight = episode_weight(rlds.metadata_from_raw(raw))
         num_steps = raw["num_steps"]
-        if num_steps == 0 or (drop_failures and not success):
+        if num_steps == 0 or (drop_failures and weight == 0):
             return None
         steps = _steps(raw)
         actions = droid.policy_actions(steps)
@@ -499,7 +515,7 @@ def policy_batches(
             "state": droid.policy_state(steps),
             "prompt": np.full(num_steps, rlds.instruction_from_raw(raw).encode(), dtype=object),
             "actions": actions[transforms.chunk_indices(num_steps, action_horizon)],
-            "weight": np.full(num_steps, float(success), np.float32),
+            "weight": np.full(num_steps, weight, np.float32),
         }
 
     return _window_batches(
@@ -583,12 +599,27 @@ def _host_batch(global_batch_size: int) -> int:
     return global_batch_size // count
 
 
-def world_model_batches_from_config(config, real_dataset_dirs: Sequence[str]) -> WindowBatches:
-    """`world_model_batches` with the experiment config's fields; D_real plus DROID (Eq. 2)."""
+def world_model_batches_from_config(
+    config,
+    real_dataset_dirs: Sequence[str],
+    *,
+    sources=None,
+    batch_size: int | None = None,
+    image_size: tuple[int, int] | None = None,
+    seed: int | None = None,
+    exclude: Collection[tuple[str, int]] = (),
+) -> WindowBatches:
+    """`world_model_batches` with the experiment config's fields; D_real plus DROID (Eq. 2).
+
+    `sources` (mixture.Source list) replaces the config's D_real + DROID mixture; `batch_size`
+    (global), `image_size` and `seed` replace the config's values when given.
+    """
     data, model = config.data, config.world_model
+    if sources is None:
+        sources = mixture.sources_from_config(real_dataset_dirs, data)
     return world_model_batches(
-        mixture.sources_from_config(real_dataset_dirs, data),
-        batch_size=_host_batch(model.train.batch_size),
+        sources,
+        batch_size=_host_batch(model.train.batch_size if batch_size is None else batch_size),
         num_history=model.num_history,
         num_future=model.num_future,
         frame_stride=model.frame_stride,
@@ -596,28 +627,34 @@ def world_model_batches_from_config(config, real_dataset_dirs: Sequence[str]) ->
         # 15 % of windows without history.
         history_spacing=(4, 8),
         no_history_probability=0.15,
-        seed=config.seed,
+        seed=config.seed if seed is None else seed,
         # `data.shuffle_buffer` counts frames; a window carries the JPEGs of
         # num_history + num_future frames, so this keeps the buffer's memory the same.
         shuffle_buffer=max(1, data.shuffle_buffer // (model.num_history + model.num_future)),
         num_parallel_reads=data.num_parallel_reads,
-        image_size=(data.image_height, data.image_width),
+        image_size=(data.image_height, data.image_width) if image_size is None else image_size,
         skip_corrupt=data.skip_corrupt,
+        exclude=exclude,
     )
 
 
 def policy_batches_from_config(
-    config, dataset_dirs: Sequence[str], *, drop_failures: bool = False
+    config,
+    dataset_dirs: Sequence[str],
+    *,
+    drop_failures: bool = False,
+    seed: int | None = None,
+    shuffle_buffer: int | None = None,
 ) -> WindowBatches:
     """`policy_batches` with the experiment config's fields (D_real+ and D_syn+ dirs)."""
     data = config.data
     return policy_batches(
-        dataset_dirs,
+        list(dataset_dirs),
         batch_size=_host_batch(config.policy.train.batch_size),
         action_horizon=config.policy.action_horizon,
         drop_failures=drop_failures,
-        seed=config.seed,
-        shuffle_buffer=data.shuffle_buffer,
+        seed=config.seed if seed is None else seed,
+        shuffle_buffer=data.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
         num_parallel_reads=data.num_parallel_reads,
         image_size=(data.image_height, data.image_width),
         skip_corrupt=data.skip_corrupt,

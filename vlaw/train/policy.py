@@ -96,62 +96,19 @@ def training_dataset_dirs(workdir: str, iteration: int) -> list[str]:
     return [d for d in candidates if os.path.isdir(d)]
 
 
-def example_weight(metadata) -> float:
-    """Eq. 4's binary weight of an episode: `kept` for synthetic rollouts, else `success`."""
-    return float(metadata.kept if metadata.source == "synthetic" else metadata.success)
-
-
 def weighted_policy_batches(
     config: ml_collections.ConfigDict,
     dataset_dirs: Sequence[str],
     seed: int,
     shuffle_buffer: int | None = None,
 ):
-    """`windows.policy_batches` with the weight of `example_weight` (kept for synthetic data).
+    """The policy's training examples with Eq. 4's weights (`windows.episode_weight`).
 
     Batches: images (B, 3, H, W, 3) uint8 in droid.CAMERA_NAMES order, state (B, 8), prompt (B,)
     bytes, actions (B, action_horizon, 8), weight (B,) float32.
-
-    The same pipeline as `policy_batches` (built from vlaw.data.windows' block machinery); only
-    the weight differs, because `policy_batches` weighs every source by `success`.
     """
-    horizon = config.policy.action_horizon
-    columns = {
-        "images": windows._Column((windows.NUM_VIEWS,), "jpeg"),
-        "state": windows._Column((droid.STATE_DIM,), "float32"),
-        "prompt": windows._Column((), "string"),
-        "actions": windows._Column((horizon, droid.POLICY_ACTION_DIM), "float32"),
-        "weight": windows._Column((), "float32"),
-    }
-
-    def build_block(raw, rng):
-        num_steps = raw["num_steps"]
-        if num_steps == 0:
-            return None
-        steps = windows._steps(raw)
-        actions = droid.policy_actions(steps)
-        return {
-            "images": windows._camera_bytes(steps),
-            "state": droid.policy_state(steps),
-            "prompt": np.full(num_steps, rlds.instruction_from_raw(raw).encode(), dtype=object),
-            "actions": actions[transforms.chunk_indices(num_steps, horizon)],
-            "weight": np.full(num_steps, example_weight(rlds.metadata_from_raw(raw)), np.float32),
-        }
-
-    data = config.data
-    return windows._window_batches(
-        "policy",
-        list(dataset_dirs),
-        build_block,
-        columns,
-        batch_size=windows._host_batch(config.policy.train.batch_size),
-        seed=seed,
-        shuffle_buffer=data.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
-        num_parallel_reads=data.num_parallel_reads,
-        image_size=(data.image_height, data.image_width),
-        skip_corrupt=data.skip_corrupt,
-        process_index=None,
-        process_count=None,
+    return windows.policy_batches_from_config(
+        config, dataset_dirs, seed=seed, shuffle_buffer=shuffle_buffer
     )
 
 
@@ -175,7 +132,7 @@ def scan_episodes(dataset_dirs: Sequence[str], skip_corrupt: bool = False) -> Da
     for dataset_dir in dataset_dirs:
         layout = rlds.open_dataset(dataset_dir)
         for raw in rlds.iter_raw_episodes(layout, skip_corrupt=skip_corrupt):
-            weight = example_weight(rlds.metadata_from_raw(raw))
+            weight = windows.episode_weight(rlds.metadata_from_raw(raw))
             summary.num_episodes += 1
             summary.num_steps += int(raw["num_steps"])
             summary.weighted_episodes += int(weight > 0)

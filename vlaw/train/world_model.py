@@ -10,8 +10,7 @@ are real transitions of the same station and, at iteration 0, a good half of the
 `config.data.droid_path` set, windows are drawn from DROID with weight lambda =
 `config.data.droid_weight` (Eq. 2 as a sampling mixture, `vlaw.data.mixture`). Windows are
 Ctrl-World's (history every 4 or 8 frames, 15 % without history), read by `vlaw.data.windows`
-with each window's instruction added (`world_model_windows`; `world_model_batches` carries no
-text) and resized by tf.data to the model's pixel size (`view_latent_shape` x the VAE factor:
+(`world_model_windows`, each window with its instruction) and resized by tf.data to the model's pixel size (`view_latent_shape` x the VAE factor:
 tiny 8x16, sim 64x64, paper 192x320 as Ctrl-World).
 The last `world_model.eval_holdout_episodes` episodes of the newest `iter_k/real` are held out
 of training for the prediction check below.
@@ -78,7 +77,6 @@ from vlaw.train import optim
 
 SPEC_FILE, VAE_SPEC_FILE, TEXT_FILE = "world_model.json", "vae.json", "text_embeddings.json"
 HISTORY_SPACING = (4, 8)  # Ctrl-World's training recipe (ctrl_world.md §1.3)
-NO_HISTORY_PROBABILITY = 0.15
 
 
 def checkpoint_dir(workdir: str, iteration: int) -> str:
@@ -208,69 +206,21 @@ def world_model_windows(
     image_size: tuple[int, int],
     exclude: Sequence[tuple[str, int]] = (),
 ) -> windows.WindowBatches:
-    """`windows.world_model_batches` plus each window's `instruction` (bytes), minus the
+    """`windows.world_model_batches` over `sources` at the model's pixel size, minus the
     `exclude`d (shard path, record index) episodes (the held-out ones).
 
     Batches: history_frames (B, Th, V, H, W, 3) uint8, current_frame (B, V, H, W, 3),
     future_frames (B, F-1, V, H, W, 3), history_poses (B, Th, 7), future_poses (B, F, 7),
-    instruction (B,) bytes.
+    action_chunk, instruction (B,) bytes. `batch_size` is the global batch.
     """
-    w = config.world_model
-    num_history, num_future, stride = int(w.num_history), int(w.num_future), int(w.frame_stride)
-    columns = {
-        "history_frames": windows._Column((num_history, windows.NUM_VIEWS), "jpeg"),
-        "current_frame": windows._Column((windows.NUM_VIEWS,), "jpeg"),
-        "future_frames": windows._Column((num_future - 1, windows.NUM_VIEWS), "jpeg"),
-        "history_poses": windows._Column((num_history, 7), "float32"),
-        "future_poses": windows._Column((num_future, 7), "float32"),
-        "instruction": windows._Column((), "string"),
-    }
-    excluded = {(str(path), int(index)) for path, index in exclude}
-    spacings = np.asarray(HISTORY_SPACING, np.int64)
-
-    def build_block(raw, rng):
-        num_steps = raw["num_steps"]
-        if num_steps == 0 or (str(raw["shard_path"]), int(raw["record_index"])) in excluded:
-            return None
-        steps = windows._steps(raw)
-        starts = np.arange(num_steps)
-        spacing = rng.choice(spacings, size=len(starts))
-        spacing[rng.random(len(starts)) < NO_HISTORY_PROBABILITY] = 0
-        idx = transforms.world_model_indices(
-            num_steps,
-            num_history=num_history,
-            num_future=num_future,
-            frame_stride=stride,
-            history_spacing=spacing,
-            starts=starts,
-        )
-        frames = windows._camera_bytes(steps)
-        poses = droid.world_model_poses(steps)
-        instruction = np.full(num_steps, rlds.instruction_from_raw(raw).encode(), dtype=object)
-        return {
-            "history_frames": frames[idx["history"]],
-            "current_frame": frames[idx["future"][:, 0]],
-            "future_frames": frames[idx["future"][:, 1:]],
-            "history_poses": poses[idx["history"]],
-            "future_poses": poses[idx["future"]],
-            "instruction": instruction,
-        }
-
-    data = config.data
-    return windows._window_batches(
-        "world_model",
-        list(sources),
-        build_block,
-        columns,
+    return windows.world_model_batches_from_config(
+        config,
+        (),
+        sources=list(sources),
         batch_size=batch_size,
-        seed=seed,
-        # data.shuffle_buffer counts frames; a window carries num_history + num_future.
-        shuffle_buffer=max(1, data.shuffle_buffer // (num_history + num_future)),
-        num_parallel_reads=data.num_parallel_reads,
         image_size=image_size,
-        skip_corrupt=data.skip_corrupt,
-        process_index=None,
-        process_count=None,
+        seed=seed,
+        exclude=exclude,
     )
 
 
@@ -397,7 +347,7 @@ def train_vae(
             f"world_model.vae_train.batch_size={vae_train.batch_size} must be a multiple of "
             f"{windows.NUM_VIEWS} (one clip per camera view of each window)"
         )
-    batch_size = windows._host_batch(int(vae_train.batch_size) // windows.NUM_VIEWS)
+    batch_size = int(vae_train.batch_size) // windows.NUM_VIEWS  # global, in windows
     batches = world_model_windows(
         config, sources, batch_size=batch_size, seed=seed, image_size=image_size, exclude=exclude
     )
@@ -800,7 +750,7 @@ def train_world_model_phase(
     batches = world_model_windows(
         config,
         sources,
-        batch_size=windows._host_batch(int(train_config.batch_size)),
+        batch_size=int(train_config.batch_size),
         seed=seed,
         image_size=image_size,
         exclude=exclude,
