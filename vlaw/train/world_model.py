@@ -10,8 +10,9 @@ are real transitions of the same station and, at iteration 0, a good half of the
 `config.data.droid_path` set, windows are drawn from DROID with weight lambda =
 `config.data.droid_weight` (Eq. 2 as a sampling mixture, `vlaw.data.mixture`). Windows are
 Ctrl-World's (history every 4 or 8 frames, 15 % without history), read by `vlaw.data.windows`
-(`world_model_windows`, each window with its instruction) and resized by tf.data to the model's pixel size (`view_latent_shape` x the VAE factor:
-tiny 8x16, sim 64x64, paper 192x320 as Ctrl-World).
+(`world_model_windows`, each window with its instruction) and resized by tf.data to the
+model's pixel size (`view_latent_shape` x the VAE factor: tiny 8x16, sim 64x64, paper 192x320
+as Ctrl-World).
 The last `world_model.eval_holdout_episodes` episodes of the newest `iter_k/real` are held out
 of training for the prediction check below.
 
