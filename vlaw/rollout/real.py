@@ -130,10 +130,11 @@ class SuccessTally:
         return {task: self.successes[task] / n for task, n in sorted(self.episodes.items())}
 
 
-def _expert_stream(config, specs: list[TaskSpec], source: str, iteration: int):
-    """Scripted-expert episodes task by task, from simulator workers (`Iterator[Episode]`).
+def _task_pools(config, specs: list[TaskSpec]):
+    """(simulator pool, that task's specs) for each task of the run, in order.
 
-    Each task gets its own pool, no larger than its episode count, alive while it streams."""
+    Each task gets its own pool, no larger than its episode count, alive while the caller
+    streams from it (this generator is suspended inside the `with` meanwhile)."""
     from vlaw.sim.workers import StationPool
 
     for task in config.tasks:
@@ -149,13 +150,19 @@ def _expert_stream(config, specs: list[TaskSpec], source: str, iteration: int):
             config.data.image_height,
             config.data.image_width,
         ) as pool:
-            yield from pool.expert_episodes(
-                specs_for_task,
-                noise=config.sim.expert_noise,
-                max_steps=config.sim.max_steps,
-                source=source,
-                iteration=iteration,
-            )
+            yield pool, specs_for_task
+
+
+def _expert_stream(config, specs: list[TaskSpec], source: str, iteration: int):
+    """Scripted-expert episodes task by task, from simulator workers (`Iterator[Episode]`)."""
+    for pool, specs_for_task in _task_pools(config, specs):
+        yield from pool.expert_episodes(
+            specs_for_task,
+            noise=config.sim.expert_noise,
+            max_steps=config.sim.max_steps,
+            source=source,
+            iteration=iteration,
+        )
 
 
 def staging_dir(dataset_dir: str) -> str:
@@ -193,31 +200,17 @@ def load_staged_episode(path: str) -> Episode:
 def _policy_stream(config, specs: list[TaskSpec], source: str, iteration: int, policy):
     """Rollouts of a trained `policy` (a `vlaw.train.policy.TrainedPolicy`) task by task, the
     policy running here in the parent and the stations in simulator workers."""
-    from vlaw.sim.workers import StationPool
-
-    for task in config.tasks:
-        specs_for_task = [s for s in specs if s.task == task]
-        if not specs_for_task:
-            continue
-        per_worker = min(config.sim.stations_per_worker, len(specs_for_task))
-        num_workers = max(1, min(config.sim.num_workers, -(-len(specs_for_task) // per_worker)))
-        with StationPool(
-            [task] * (num_workers * per_worker),
-            num_workers,
-            per_worker,
-            config.data.image_height,
-            config.data.image_width,
-        ) as pool:
-            yield from policy_episodes(
-                pool,
-                policy,
-                specs_for_task,
-                max_steps=config.sim.max_steps,
-                open_loop_steps=config.policy.open_loop_steps,
-                source=source,
-                iteration=iteration,
-                policy_checkpoint=policy.checkpoint,
-            )
+    for pool, specs_for_task in _task_pools(config, specs):
+        yield from policy_episodes(
+            pool,
+            policy,
+            specs_for_task,
+            max_steps=config.sim.max_steps,
+            open_loop_steps=config.policy.open_loop_steps,
+            source=source,
+            iteration=iteration,
+            policy_checkpoint=policy.checkpoint,
+        )
 
 
 def _record(
