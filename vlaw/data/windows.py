@@ -590,7 +590,8 @@ def reward_batches(
     )
 
 
-def _host_batch(global_batch_size: int) -> int:
+def host_batch_size(global_batch_size: int) -> int:
+    """This host's share of a global batch (it must divide evenly over the hosts)."""
     import jax
 
     count = jax.process_count()
@@ -619,7 +620,7 @@ def world_model_batches_from_config(
         sources = mixture.sources_from_config(real_dataset_dirs, data)
     return world_model_batches(
         sources,
-        batch_size=_host_batch(model.train.batch_size if batch_size is None else batch_size),
+        batch_size=host_batch_size(model.train.batch_size if batch_size is None else batch_size),
         num_history=model.num_history,
         num_future=model.num_future,
         frame_stride=model.frame_stride,
@@ -650,7 +651,7 @@ def policy_batches_from_config(
     data = config.data
     return policy_batches(
         list(dataset_dirs),
-        batch_size=_host_batch(config.policy.train.batch_size),
+        batch_size=host_batch_size(config.policy.train.batch_size),
         action_horizon=config.policy.action_horizon,
         drop_failures=drop_failures,
         seed=config.seed if seed is None else seed,
@@ -666,7 +667,7 @@ def reward_batches_from_config(config, dataset_dirs: Sequence[str]) -> WindowBat
     data = config.data
     return reward_batches(
         dataset_dirs,
-        batch_size=_host_batch(config.reward.train.batch_size),
+        batch_size=host_batch_size(config.reward.train.batch_size),
         num_frames=config.reward.num_frames,
         seed=config.seed,
         num_parallel_reads=data.num_parallel_reads,

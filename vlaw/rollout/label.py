@@ -171,6 +171,30 @@ def score_episodes(
     )
 
 
+def score_episodes_for_config(
+    config,
+    dataset_dirs: Sequence[str],
+    *,
+    params: Any,
+    model_cfg: Qwen3VLConfig,
+    tokenizer: Any,
+    length: int,
+) -> EpisodeScores:
+    """`score_episodes` with the camera, frame count, batch and progress of `config.reward`."""
+    r = config.reward
+    return score_episodes(
+        dataset_dirs,
+        params=params,
+        model_cfg=model_cfg,
+        tokenizer=tokenizer,
+        camera=r.camera,
+        num_frames=r.num_frames,
+        length=length,
+        batch_size=r.label_batch_size,
+        progress=r.progress,
+    )
+
+
 def confusion(predicted: np.ndarray, actual: np.ndarray) -> dict[str, float | None]:
     """Counts and rates of a binary decision against known labels (success = positive); a
     rate with an empty denominator is None (state.json stays plain JSON)."""
@@ -285,16 +309,8 @@ def label_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int)
     image_hw = rlds.open_dataset(dirs[0]).image_shape[:2]
     length = reward.prompt_length(tokenizer, model_cfg, image_hw, config)
     start = time.perf_counter()
-    scores = score_episodes(
-        dirs,
-        params=params,
-        model_cfg=model_cfg,
-        tokenizer=tokenizer,
-        camera=r.camera,
-        num_frames=r.num_frames,
-        length=length,
-        batch_size=r.label_batch_size,
-        progress=r.progress,
+    scores = score_episodes_for_config(
+        config, dirs, params=params, model_cfg=model_cfg, tokenizer=tokenizer, length=length
     )
     seconds = time.perf_counter() - start
     kept = scores.p_yes > r.alpha

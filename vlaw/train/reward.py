@@ -208,8 +208,7 @@ def training_dirs(config: ml_collections.ConfigDict, workdir: str, iteration: in
 
 def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
     """Fine-tunes the reward model (iteration 0; later iterations keep it). Returns the summary."""
-    from vlaw.data import rlds
-    from vlaw.data.windows import reward_batches
+    from vlaw.data import rlds, windows
     from vlaw.rollout import label
     from vlaw.train import trainer
 
@@ -258,9 +257,9 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
         train_cfg = ml_collections.ConfigDict(r.train.to_dict())
         train_cfg.init_from = ""
     data_hw = (config.data.image_height, config.data.image_width)
-    batches = reward_batches(
+    batches = windows.reward_batches(
         dirs,
-        batch_size=_host_batch(r.train.batch_size),
+        batch_size=windows.host_batch_size(r.train.batch_size),
         num_frames=r.num_frames,
         camera=r.camera,
         seed=config.seed,
@@ -299,26 +298,11 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
     del state
     if r.evaluate_after_training:
         params, _ = load_trained_params(config, workdir)
-        scores = label.score_episodes(
-            dirs,
-            params=params,
-            model_cfg=model_cfg,
-            tokenizer=tokenizer,
-            camera=r.camera,
-            num_frames=r.num_frames,
-            length=length,
-            batch_size=r.label_batch_size,
-            progress=r.progress,
+        scores = label.score_episodes_for_config(
+            config, dirs, params=params, model_cfg=model_cfg, tokenizer=tokenizer, length=length
         )
         report = label.confusion_report(scores, r.alpha, known_sources=tuple(r.known_label_sources))
         summary["train_accuracy_alpha"] = report["alpha"]["accuracy"]
         summary["train_accuracy_argmax"] = report["argmax"]["accuracy"]
         summary["train_confusion"] = report
     return summary
-
-
-def _host_batch(global_batch_size: int) -> int:
-    count = jax.process_count()
-    if global_batch_size % count:
-        raise ValueError(f"global batch {global_batch_size} is not divisible by {count} hosts")
-    return global_batch_size // count
