@@ -11,9 +11,10 @@ compute (`UNetConfig.dtype`), remat `nothing_saveable`, the state donated, throu
 (fp32, no checkpointing on CPU), `torch.optim.AdamW` - the setup of the peer figures in
 shared/research/device_measurements.md (6.0 samples/s at batch 4, 8 frames, on one H100).
 
-MFU = model FLOPs / step time / peak, where model FLOPs = 3 x the forward's FLOPs as XLA's cost
-analysis counts them from the shapes (no recompute; the same count for both sides) and peak is
-a bf16 (CPU: fp32) matmul measured in this run. Prints one markdown table.
+MFU = model FLOPs / step time / peak, where model FLOPs = 3 x the forward's analytic FLOPs
+(`unet_forward_flops`, the count world_model_sample.py uses; no recompute; the same count for
+both sides; XLA's cost analysis would count nothing for a cuDNN attention call) and peak is a
+bf16 (CPU: fp32) matmul measured in this run. Prints one markdown table.
 """
 
 from __future__ import annotations
@@ -27,23 +28,10 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
+from _common_world_model import diffusers_unet, matmul_peak, unet_forward_flops
 
 from vlaw.models.world_model.unet import UNetConfig, UNetSpatioTemporal
 from vlaw.train import optim, trainer
-
-
-def matmul_peak(on_gpu: bool) -> float:
-    """FLOP/s of a large square matmul (bf16 on GPU, fp32 on CPU), median of repeats."""
-    n, dtype, reps = (8192, jnp.bfloat16, 20) if on_gpu else (1024, jnp.float32, 5)
-    a = jnp.ones((n, n), dtype)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(reps):
-        start = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * n**3 / float(np.median(times))
 
 
 def jax_inputs(cfg: UNetConfig, batch: int, frames: int, height: int, width: int):
@@ -96,9 +84,7 @@ def bench_jax(cfg: UNetConfig, batch, frames, height, width, steps) -> tuple[flo
         ),
         donate_argnums=(0,),
     )
-    cost = jax.jit(forward).lower(params, data).compile().cost_analysis()
-    cost = cost[0] if isinstance(cost, list) else cost
-    model_flops = 3.0 * float(cost["flops"])
+    model_flops = 3.0 * unet_forward_flops(cfg, batch, frames, height, width)
     state, metrics = step(state, data)  # compile + warm-up
     jax.block_until_ready(metrics)
     times = []
@@ -122,29 +108,13 @@ def _train_cfg():
 def bench_torch(cfg: UNetConfig, batch, frames, height, width, steps, on_gpu) -> float | None:
     """Median step seconds of diffusers' UNet doing the same step (None: not installed)."""
     try:
-        import diffusers
+        import diffusers  # noqa: F401  (built by `diffusers_unet`)
         import torch
     except ImportError:
         return None
     device = "cuda" if on_gpu and torch.cuda.is_available() else "cpu"
     torch.manual_seed(0)
-    kinds = [
-        "CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal"
-        for a in cfg.cross_attention_levels
-    ]
-    model = diffusers.UNetSpatioTemporalConditionModel(
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        down_block_types=tuple(kinds),
-        up_block_types=tuple(k.replace("Down", "Up") for k in reversed(kinds)),
-        block_out_channels=cfg.block_out_channels,
-        addition_time_embed_dim=cfg.addition_time_embed_dim,
-        projection_class_embeddings_input_dim=cfg.num_added_ids * cfg.addition_time_embed_dim,
-        layers_per_block=cfg.layers_per_block,
-        cross_attention_dim=cfg.cross_attention_dim,
-        num_attention_heads=cfg.num_attention_heads,
-        num_frames=frames,
-    ).to(device)
+    model = diffusers_unet(cfg, frames).to(device)
     model.train()
     if device == "cuda":
         model.enable_gradient_checkpointing()
