@@ -146,6 +146,7 @@ def diffusion_loss(
     history_sigma_std: float = 0.3,
     condition_sigma_max: float = 0.2,
     condition_scale: float = 1.0,
+    condition: jax.Array | None = None,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """The world model's objective (paper Eq. 1) as Ctrl-World trains SVD.
 
@@ -161,7 +162,8 @@ def diffusion_loss(
       (Gaussian; only sigma_h^2 matters) as (h + sigma_h eps)/sqrt(sigma_h^2+1), unscaled by c_in.
     - The condition image is the current frame, augmented with s ~ U(0, condition_sigma_max) as
       (x + s eps)/sqrt(s^2+1), then multiplied by `condition_scale` (Ctrl-World: 1/0.18215, i.e.
-      unscaled VAE units as SVD was trained).
+      unscaled VAE units as SVD was trained). `condition` (B, H, W, C) replaces the current
+      frame there when the diffused variable is not the frames themselves (e.g. residuals).
     - Loss: lambda(sigma) = (sigma^2+1)/sigma^2 times the squared x0 error, averaged over the
       future frames' elements, then the weighted mean over examples sum_i w_i l_i / sum_i w_i
       (the plain mean, as in Ctrl-World, when weights is None).
@@ -186,7 +188,7 @@ def diffusion_loss(
     )
     model_input = jnp.concatenate([history, per_example(c_in) * noisy[:, num_history:]], axis=1)
 
-    current = latents[:, num_history]
+    current = latents[:, num_history] if condition is None else condition.astype(jnp.float32)
     s = condition_sigma_max * jax.random.uniform(k_csigma, (b,) + (1,) * (current.ndim - 1))
     condition = (current + s * jax.random.normal(k_cnoise, current.shape)) * jax.lax.rsqrt(s**2 + 1)
     condition = condition * condition_scale

@@ -21,6 +21,8 @@ from vlaw.train import world_model as wm
 
 def _tiny_config():
     config = config_lib.experiment_config(("scoop",), "tiny")
+    # The VAE-first latent route; tests/train/test_world_model_quality.py runs the pixel default.
+    config.world_model.space = "latent"
     # 8 fake devices: data=2 carries the batch of 2, tensor=4 shards the wide matrices.
     config.mesh.tensor = 4
     return config

@@ -16,18 +16,35 @@ as Ctrl-World).
 The last `world_model.eval_holdout_episodes` episodes of the newest `iter_k/real` are held out
 of training for the prediction check below.
 
-Latent space. The diffusion runs on VAE latents encoded on the fly inside the train step (one
-sample of the posterior, as Ctrl-World stores them), with the VAE's parameters in the same
-tree and frozen (`trainable`), so every checkpoint is self-contained.
-- `paper`: the SVD VAE, from `world_model.vae_init_from` (a diffusers `vae/` safetensors file
-  or a Ctrl-World `.pt` holding `vae.` tensors) or else from the `vae.` tensors of
-  `world_model.train.init_from`; scaling factor 0.18215.
-- `tiny`/`sim`: no pretrained VAE exists for sim frames here, so the phase first trains the
+Latent or pixel space (`world_model.space`). The diffusion runs on "latents" encoded on the
+fly inside the train step (one sample of the posterior, as Ctrl-World stores them), with the
+codec's parameters in the same tree and frozen (`trainable`), so every checkpoint is
+self-contained.
+- `pixel` (the tiny/sim default): the codec is `VAEConfig.pixel_codec`, a lossless packing of
+  `patch` x `patch` pixel blocks onto channels, so the UNet's grid is the latent variant's and
+  nothing is trained first; the scale is 1/std of the training pixels (`vae.kind = "pixels"`).
+- `latent`, `paper`: the SVD VAE, from `world_model.vae_init_from` (a diffusers `vae/`
+  safetensors file or a Ctrl-World `.pt` holding `vae.` tensors) or else from the `vae.`
+  tensors of `world_model.train.init_from`; scaling factor 0.18215.
+- `latent`, `tiny`/`sim`: no pretrained VAE exists for sim frames, so the phase first trains the
   small VAE (`VAEConfig.preset`) as an autoencoder on the same windows (per-view 5-frame clips
   through the temporal decoder; pixel MSE + `vae_kl_weight` x KL), through the same trainer,
   into `<workdir>/checkpoints/vae/`, once: later iterations reuse it, frozen. Its scaling
   factor is then measured, 1/std of the training latents (how SD's 0.18215 was chosen), so
   the EDM preconditioning's sigma_data = 1 holds; it is stored in `vae.json`.
+
+Why pixels at tiny/sim: measured on scoop (tiny: 8x16 views, 6 demos + 2 rollouts, batch 4,
+600 steps, 2 shared CPU cores), the latent route spent 157 s training the VAE and reached
+18.5 dB held-out prediction PSNR under its own 18.9 dB reconstruction ceiling; pixel space
+reached 20.5 dB in less total time, with no ceiling. `world_model.diffuse_residuals` (tiny/sim)
+then diffuses each frame's change from the current frame (`CtrlWorldConfig.residual_scale`,
+measured as 1/std of those changes): 24.3 dB at 600 steps, 24.4 dB at 1500, against 24.6 dB
+for copying the current frame (benchmarks/RESULTS.md has the table). With residuals a model
+trained from scratch starts from "nothing moves"; without them it must first learn to copy the
+condition image through the UNet, which it had not done after 600 steps (22.5 dB on the
+current frame itself). Training noise and the sampler's sigma_max are EDM's from-scratch
+values at tiny/sim (`world_model.noise_p_mean`, `noise_p_std`, `sigma_max`), Ctrl-World's at
+paper.
 
 Text. `paper`: CLIP ViT-B/32 `text_embeds` per instruction (`vlaw.convert.ctrl_world.
 clip_text_embeddings`, from the local `world_model.clip_path`). `tiny`/`sim`: a fixed vector
@@ -111,7 +128,11 @@ def _seed(config, iteration: int, salt: int) -> int:
 # Configuration.
 
 
-def model_config(config: ml_collections.ConfigDict, scaling_factor: float | None = None):
+def model_config(
+    config: ml_collections.ConfigDict,
+    scaling_factor: float | None = None,
+    residual_scale: float = 0.0,
+):
     """The CtrlWorldConfig of `world_model.variant` with the run's frames, dtypes and remat.
 
     `num_history`/`num_future` come from `config.world_model` (the data windows use them);
@@ -126,6 +147,14 @@ def model_config(config: ml_collections.ConfigDict, scaling_factor: float | None
         base.unet, dtype=t.compute_dtype, param_dtype=t.param_dtype, remat_policy=remat
     )
     vae = dataclasses.replace(base.vae, dtype=t.compute_dtype, param_dtype=t.param_dtype)
+    if w.space == "pixel":
+        # The UNet grid is the latent variant's: `patch` x `patch` pixels per cell, on channels.
+        patch = int(w.pixel_patch) or vae.downsample_factor
+        vae = VAEConfig.pixel_codec(patch, dtype=vae.dtype, param_dtype=vae.param_dtype)
+        channels = vae.latent_channels
+        unet = dataclasses.replace(unet, in_channels=2 * channels, out_channels=channels)
+    elif w.space != "latent":
+        raise ValueError(f"world_model.space={w.space!r}; choose 'latent' or 'pixel'")
     if scaling_factor is not None:
         vae = dataclasses.replace(vae, scaling_factor=float(scaling_factor))
     overrides: dict[str, Any] = dict(unet=unet, vae=vae)
@@ -138,8 +167,22 @@ def model_config(config: ml_collections.ConfigDict, scaling_factor: float | None
             else (0,) + tuple(-3 * k for k in range(num_history - 1, 0, -1))
         )
         overrides.update(history_idx=idx, initial_buffer_copies=4 * num_history)
-    overrides.update(num_history=num_history, num_future=num_future)
+    overrides.update(
+        residual_scale=float(residual_scale),
+        num_history=num_history,
+        num_future=num_future,
+        num_steps=int(w.num_sampling_steps),
+        max_guidance=float(w.max_guidance),
+        p_mean=float(w.noise_p_mean),
+        p_std=float(w.noise_p_std),
+        sigma_max=float(w.sigma_max),
+    )
     return dataclasses.replace(base, **overrides)
+
+
+def model_config_from_spec(config: ml_collections.ConfigDict, spec: dict):
+    """`model_config` with the scales a run measured and stored in world_model.json."""
+    return model_config(config, spec["scaling_factor"], spec.get("residual_scale", 0.0))
 
 
 def pixel_size(model_cfg: cw.CtrlWorldConfig) -> tuple[int, int]:
@@ -309,7 +352,8 @@ def vae_clips(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 
 def _vae_init_fn(vae: TemporalVAE, image_size: tuple[int, int]):
-    return lambda rng: vae.init(rng, jnp.zeros((1, *image_size, 3)))["params"]
+    # .get: the pixel codec has no parameters, and Flax then returns no "params" collection.
+    return lambda rng: vae.init(rng, jnp.zeros((1, *image_size, 3))).get("params", {})
 
 
 def _measure_scaling_factor(vae, params, batches, num_batches: int = 4) -> float:
@@ -411,7 +455,7 @@ def world_model_init_fn(model: cw.CtrlWorld, vae: TemporalVAE, image_size: tuple
         k_model, k_vae = jax.random.split(rng)
         return {
             "world_model": cw.init_params(model, k_model),
-            "vae": vae.init(k_vae, jnp.zeros((1, *image_size, 3)))["params"],
+            "vae": _vae_init_fn(vae, image_size)(k_vae),
         }
 
     return init
@@ -470,6 +514,8 @@ def _choose_init(config, workdir: str, iteration: int) -> dict:
 def _prepare_vae(config, workdir, sources, exclude, *, progress: bool) -> dict:
     """The VAE's provenance and scaling factor; trains it first at tiny/sim when needed."""
     w = config.world_model
+    if w.space == "pixel":
+        return _pixel_codec_source(config, sources, exclude)
     if w.vae_init_from:
         return {"kind": "import", "path": str(w.vae_init_from), "scaling_factor": None}
     if w.variant == "paper":
@@ -486,6 +532,26 @@ def _prepare_vae(config, workdir, sources, exclude, *, progress: bool) -> dict:
     }
 
 
+def _pixel_codec_source(config, sources, exclude) -> dict:
+    """Pixel space: nothing to train; the scaling factor is 1/std of the training pixels, so
+    EDM's sigma_data = 1 holds as it does for a VAE's latents."""
+    model_cfg = model_config(config)
+    vae = TemporalVAE(model_cfg.vae)
+    batches = world_model_windows(
+        config,
+        sources,
+        batch_size=max(1, int(config.world_model.vae_train.batch_size) // windows.NUM_VIEWS),
+        seed=_seed(config, 0, salt=1),
+        image_size=pixel_size(model_cfg),
+        exclude=exclude,
+    )
+    try:
+        scale = _measure_scaling_factor(vae, {}, batches)
+    finally:
+        batches.close()
+    return {"kind": "pixels", "path": "", "scaling_factor": scale}
+
+
 def _initial_params(config, spec, model, vae, image_size, seed):
     """Imported weights for a fresh run (None: the trainer reads `train.init_from`)."""
     init, vae_source = spec["init"], spec["vae"]
@@ -499,7 +565,9 @@ def _initial_params(config, spec, model, vae, image_size, seed):
         wm_params = convert_ctrl_world(state_dict, model_cfg)
     else:
         wm_params = nn.unbox(cw.init_params(model, jax.random.PRNGKey(seed)))
-    if vae_source["kind"] == "trained":
+    if vae_source["kind"] == "pixels":
+        vae_params = {}
+    elif vae_source["kind"] == "trained":
         vae_params = _restore_vae(vae_source["path"], vae, image_size)
     elif vae_source["kind"] == "import":
         vae_params = _load_vae_params(vae_source["path"], model_cfg.vae, image_size)
@@ -560,13 +628,59 @@ def load_world_model(
         )
     with open(spec_path) as f:
         spec = json.load(f)
-    model_cfg = model_config(config, scaling_factor=spec["scaling_factor"])
+    _check_space(config, spec, directory)
+    model_cfg = model_config_from_spec(config, spec)
     model, vae = cw.CtrlWorld(model_cfg), TemporalVAE(model_cfg.vae)
     init_fn = world_model_init_fn(model, vae, pixel_size(model_cfg))
     params = _restore_on_one_device(directory, init_fn)
     clip_path = str(config.world_model.clip_path or "")
     text = TextEmbeddings(model_cfg.text_dim, clip_path, os.path.join(directory, TEXT_FILE))
     return TrainedWorldModel(model, vae, params, text, spec)
+
+
+def _measure_residual_scale(config, vae_source, scaling_factor, sources, exclude) -> float:
+    """1 / std of (frame - current frame) in diffusion units over a few training batches, so
+    the residuals, like the frames, have unit scale (EDM's sigma_data = 1)."""
+    if vae_source["kind"] not in ("pixels", "trained"):
+        raise ValueError(
+            "world_model.diffuse_residuals needs a pixel-space model or a VAE trained by this "
+            f"phase (this run's VAE comes from {vae_source['kind']!r}); set it to False"
+        )
+    model_cfg = model_config(config, scaling_factor)
+    vae = TemporalVAE(model_cfg.vae)
+    image_size = pixel_size(model_cfg)
+    params = (
+        {} if vae_source["kind"] == "pixels" else _restore_vae(vae_source["path"], vae, image_size)
+    )
+    th = model_cfg.num_history
+    batches = world_model_windows(
+        config,
+        sources,
+        batch_size=4,
+        seed=_seed(config, 0, salt=3),
+        image_size=image_size,
+        exclude=exclude,
+    )
+    encode = jax.jit(lambda p, x: encode_latents(vae, p, x))
+    values = []
+    try:
+        for _ in range(4):
+            frames = stack_frames(next(batches)).astype(np.float32) / 127.5 - 1.0
+            latents = np.asarray(encode(params, frames))  # (B, T, V, h, w, C)
+            values.append(np.delete(latents - latents[:, th : th + 1], th, axis=1).ravel())
+    finally:
+        batches.close()
+    return float(1.0 / max(np.std(np.concatenate(values)), 1e-6))
+
+
+def _check_space(config, spec: dict, directory: str) -> None:
+    """A checkpoint trained in pixel space cannot be read as a latent one, or the reverse."""
+    trained_in = "pixel" if spec["vae"]["kind"] == "pixels" else "latent"
+    if trained_in != config.world_model.space:
+        raise ValueError(
+            f"the world model in {directory} was trained in {trained_in} space but "
+            f"world_model.space={config.world_model.space!r}; set it to {trained_in!r}"
+        )
 
 
 def _prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progress) -> dict:
@@ -576,22 +690,35 @@ def _prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, prog
     spec_path = os.path.join(directory, SPEC_FILE)
     if os.path.exists(spec_path):
         with open(spec_path) as f:
-            return json.load(f)
+            spec = json.load(f)
+        _check_space(config, spec, directory)
+        return spec
     os.makedirs(directory, exist_ok=True)
     init = _choose_init(config, workdir, iteration)
     if init["kind"] == "previous_iteration":
         with open(os.path.join(init["path"], SPEC_FILE)) as f:
             previous = json.load(f)
+        _check_space(config, previous, init["path"])
         vae_source = previous["vae"]  # the same frozen VAE, carried in the params
     else:
         vae_source = _prepare_vae(config, workdir, sources, exclude, progress=progress)
     base_scale = cw.CtrlWorldConfig.preset(config.world_model.variant).vae.scaling_factor
+    scaling_factor = vae_source["scaling_factor"] or base_scale
+    if init["kind"] == "previous_iteration":
+        residual_scale = previous.get("residual_scale", 0.0)
+    elif config.world_model.diffuse_residuals:
+        residual_scale = _measure_residual_scale(
+            config, vae_source, scaling_factor, sources, exclude
+        )
+    else:
+        residual_scale = 0.0
     spec = {
         "variant": str(config.world_model.variant),
         "iteration": iteration,
         "init": init,
         "vae": vae_source,
-        "scaling_factor": vae_source["scaling_factor"] or base_scale,
+        "scaling_factor": scaling_factor,
+        "residual_scale": residual_scale,
         "text_embeddings": "clip" if config.world_model.clip_path else "seeded_random",
         "dataset_dirs": list(dataset_dirs),
         "droid_path": str(config.data.droid_path or ""),
@@ -731,7 +858,7 @@ def train_world_model_phase(
     spec = _prepare(config, workdir, iteration, dataset_dirs, sources, exclude, progress=progress)
     directory = checkpoint_dir(workdir, iteration)
 
-    model_cfg = model_config(config, scaling_factor=spec["scaling_factor"])
+    model_cfg = model_config_from_spec(config, spec)
     model = cw.CtrlWorld(model_cfg)
     vae = TemporalVAE(model_cfg.vae)
     image_size = pixel_size(model_cfg)

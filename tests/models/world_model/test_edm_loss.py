@@ -100,6 +100,28 @@ def test_network_inputs_history_and_condition():
     assert float(jnp.std(seen["model_input"][:, NH:])) < 3.0
 
 
+def test_an_explicit_condition_replaces_the_current_frame():
+    """Residual diffusion: the diffused variable is not the frames, the condition still is."""
+    latents = _latents(3)
+    current = _latents(4)[:, NH]
+    seen = {}
+
+    def network(model_input, condition, c_noise):
+        seen["condition"] = condition
+        return jnp.zeros_like(model_input)
+
+    diffusion_loss(
+        network,
+        latents,
+        jax.random.key(0),
+        num_history=NH,
+        condition_sigma_max=0.0,
+        condition_scale=2.0,
+        condition=current,
+    )
+    np.testing.assert_allclose(np.asarray(seen["condition"]), 2.0 * np.asarray(current), rtol=1e-6)
+
+
 def test_gradient_is_finite_and_matches_finite_differences():
     latents = _latents(4)
     rng = jax.random.key(5)

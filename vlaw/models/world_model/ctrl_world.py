@@ -37,10 +37,10 @@ Facts from Robert-gyj/Ctrl-World @ 4c713d1 (`models/ctrl_world.py`, `models/pipe
   unconditional branch = zero context (history and condition kept), per-frame guidance
   linspace(1, 2, 5) applied to the raw output before the step.
 
-Pixel or latent space at `sim` size: both presets here run in latent space with the small
-VAE (`VAEConfig.preset("sim")`, factor 4) so the same code serves sim and paper. The issue asks
-to measure action-replay PSNR per CPU-minute against a pixel-space variant; that comparison
-needs the data pipeline and trainer and is not measured yet (see the report of this slice).
+Pixel or latent space at tiny/sim size: the model is the same; the codec differs
+(`VAEConfig.pixel_codec`, parameter-free, vs a small VAE trained first). Pixel space gave the
+better held-out prediction PSNR per CPU-minute; the measurement and the residual option
+(`residual_scale`, not Ctrl-World's: off at paper) are in `vlaw.train.world_model`'s docstring.
 """
 
 from __future__ import annotations
@@ -94,6 +94,11 @@ class CtrlWorldConfig:
     history_idx: tuple[int, ...] = (0, 0, -12, -9, -6, -3)
     initial_buffer_copies: int = 24  # num_history * 4 copies of the first observation
     decode_chunk_size: int = 7
+    # 0: Ctrl-World (the frames are diffused). > 0: every frame is diffused as
+    # residual_scale * (frame - current frame), the condition channel keeping the current frame
+    # itself; a model trained from scratch then starts from "nothing moves" instead of having
+    # to learn to copy the condition image (see `vlaw.train.world_model`).
+    residual_scale: float = 0.0
     pose_low: tuple[float, ...] = DROID_POSE_P01
     pose_high: tuple[float, ...] = DROID_POSE_P99
 
@@ -274,6 +279,10 @@ def world_model_loss(
     cfg = model.config
     b = batch["latents"].shape[0]
     k_drop, k_loss = jax.random.split(rng)
+    latents, condition = batch["latents"], None
+    if cfg.residual_scale:
+        condition = latents[:, cfg.num_history]
+        latents = to_residuals(latents, condition, cfg.residual_scale)
     ctx = model.apply({"params": params}, batch["poses"], batch["text_embeds"], method="context")
     # CFG dropout: the whole (action + text) context is zeroed for 5% of the examples.
     keep = jax.random.uniform(k_drop, (b,)) >= cfg.cfg_dropout
@@ -285,7 +294,7 @@ def world_model_loss(
 
     return diffusion_loss(
         network,
-        batch["latents"],
+        latents,
         k_loss,
         num_history=cfg.num_history,
         weights=batch.get("weights"),
@@ -294,7 +303,13 @@ def world_model_loss(
         history_sigma_std=cfg.history_sigma_std,
         condition_sigma_max=cfg.condition_sigma_max,
         condition_scale=1.0 / cfg.vae.scaling_factor,
+        condition=condition,
     )
+
+
+def to_residuals(latents: jax.Array, current: jax.Array, scale: float) -> jax.Array:
+    """(B, T, ...) frames -> scale * (frame - current (B, ...)), the residual-space variable."""
+    return scale * (latents - current[:, None])
 
 
 def karras_sigmas(num_steps: int, sigma_min: float, sigma_max: float, rho: float) -> jax.Array:
@@ -383,7 +398,9 @@ def predict(
     def network(model_input, condition, c_noise, context):
         return model.apply({"params": params}, model_input, condition, c_noise, context, ids)
 
-    return sample_future(
+    if cfg.residual_scale:
+        history = to_residuals(history, current, cfg.residual_scale)
+    chunk = sample_future(
         network,
         history,
         current / cfg.vae.scaling_factor,
@@ -394,6 +411,9 @@ def predict(
         min_guidance=cfg.min_guidance,
         max_guidance=cfg.max_guidance,
     )
+    if cfg.residual_scale:
+        chunk = current[:, None].astype(chunk.dtype) + chunk / cfg.residual_scale
+    return chunk
 
 
 def init_memory(config: CtrlWorldConfig, first: jax.Array, first_pose: jax.Array, steps: int):

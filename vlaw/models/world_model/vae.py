@@ -62,6 +62,26 @@ class VAEConfig:
     dtype: str = "float32"
     param_dtype: str = "float32"
     remat_policy: str = "none"
+    # "kl": the autoencoder above. "pixels": no network, a lossless space-to-depth of
+    # `pixel_patch` x `pixel_patch` pixel blocks into 3 * pixel_patch**2 channels, so the
+    # diffusion runs on the pixels themselves with the UNet's grid unchanged (see
+    # `pixel_codec`).
+    kind: str = "kl"
+    pixel_patch: int = 1
+
+    def __post_init__(self):
+        if self.kind not in ("kl", "pixels"):
+            raise ValueError(f"VAEConfig.kind={self.kind!r}; choose 'kl' or 'pixels'")
+        if self.kind == "pixels" and self.latent_channels != 3 * self.pixel_patch**2:
+            raise ValueError(
+                f"a pixel codec of patch {self.pixel_patch} has {3 * self.pixel_patch**2} "
+                f"channels, not latent_channels={self.latent_channels}; use `pixel_codec`"
+            )
+
+    @classmethod
+    def pixel_codec(cls, patch: int, **overrides) -> VAEConfig:
+        """The pixel-space "VAE": `patch`x`patch` blocks -> channels, no parameters."""
+        return cls(kind="pixels", pixel_patch=patch, latent_channels=3 * patch**2, **overrides)
 
     @classmethod
     def preset(cls, name: str, **overrides) -> VAEConfig:
@@ -77,6 +97,8 @@ class VAEConfig:
 
     @property
     def downsample_factor(self) -> int:
+        if self.kind == "pixels":
+            return self.pixel_patch
         return 2 ** (len(self.block_out_channels) - 1)
 
 
@@ -225,13 +247,34 @@ class TemporalDecoder(nn.Module):
         return x.reshape(bf, hh, ww, c)
 
 
+def space_to_depth(x: jax.Array, patch: int) -> jax.Array:
+    """(N, H, W, C) -> (N, H/p, W/p, p*p*C), each p x p block's pixels row-major on channels."""
+    n, h, w, c = x.shape
+    x = x.reshape(n, h // patch, patch, w // patch, patch, c)
+    return x.transpose(0, 1, 3, 2, 4, 5).reshape(n, h // patch, w // patch, patch * patch * c)
+
+
+def depth_to_space(x: jax.Array, patch: int) -> jax.Array:
+    """The inverse of `space_to_depth`."""
+    n, h, w, pc = x.shape
+    c = pc // (patch * patch)
+    x = x.reshape(n, h, w, patch, patch, c).transpose(0, 1, 3, 2, 4, 5)
+    return x.reshape(n, h * patch, w * patch, c)
+
+
 class TemporalVAE(nn.Module):
-    """Encoder + quant_conv + temporal decoder. `__call__` (used by init) encodes and decodes."""
+    """Encoder + quant_conv + temporal decoder. `__call__` (used by init) encodes and decodes.
+
+    With `config.kind == "pixels"` it has no parameters: `encode` is `space_to_depth` with a
+    posterior of log-variance -30 (std 3e-7, so a "sample" is the pixels), `decode` its inverse.
+    """
 
     config: VAEConfig
 
     def setup(self):
         cfg = self.config
+        if cfg.kind == "pixels":
+            return
         self.encoder = Encoder(cfg)
         self.decoder = TemporalDecoder(cfg)
         self.quant_conv = conv(
@@ -240,12 +283,17 @@ class TemporalVAE(nn.Module):
 
     def encode(self, x: jax.Array) -> tuple[jax.Array, jax.Array]:
         """Pixels (N, H, W, 3) in [-1, 1] -> (mean, logvar) (N, h, w, latent) in float32."""
+        if self.config.kind == "pixels":
+            mean = space_to_depth(x.astype(jnp.float32), self.config.pixel_patch)
+            return mean, jnp.full_like(mean, -30.0)
         moments = self.quant_conv(self.encoder(x)).astype(jnp.float32)
         mean, logvar = jnp.split(moments, 2, axis=-1)
         return mean, jnp.clip(logvar, -30.0, 20.0)
 
     def decode(self, z: jax.Array, num_frames: int) -> jax.Array:
         """Unscaled latents (B*F, h, w, latent) -> pixels (B*F, H, W, 3) in float32."""
+        if self.config.kind == "pixels":
+            return depth_to_space(z.astype(jnp.float32), self.config.pixel_patch)
         return self.decoder(z, num_frames).astype(jnp.float32)
 
     def __call__(self, x: jax.Array) -> jax.Array:

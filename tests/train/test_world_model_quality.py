@@ -1,0 +1,70 @@
+"""The tiny/sim default world model: pixel space, residual diffusion, held-out prediction PSNR.
+
+Default test: the phase in pixel space end to end at a handful of steps (no VAE is trained, the
+pixel and residual scales are measured and stored, the checkpoint loads, a latent-space config
+refuses it). Slow test: the quality bar measured for docs (vlaw/train/world_model.py): after
+600 steps the prediction is within 1 dB of copying the current frame (24.3 vs 24.6 dB when
+measured); the issue's goal, beating the copy, is not reached yet at tiny size.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from vlaw import config as config_lib
+from vlaw import pipeline
+from vlaw.train import world_model as wm
+
+
+def _pixel_config(steps: int):
+    config = config_lib.experiment_config(("scoop",), "tiny")
+    assert config.world_model.space == "pixel" and config.world_model.diffuse_residuals
+    config.loop.warmstart_demos_per_task = 6  # enough windows that one held-out episode is new
+    config.world_model.num_history = 2
+    config.world_model.train.steps = steps
+    config.world_model.train.batch_size = 4
+    config.world_model.train.learning_rate = 1e-3
+    config.world_model.train.remat_policy = "none"  # CPU: recomputation only costs time
+    config.world_model.eval_windows = 8
+    config.mesh.tensor = 2  # 8 fake devices: data=4 carries the batch of 4
+    config.ckpt.save_every_steps = max(steps, 2)
+    return config
+
+
+@pytest.fixture(scope="module")
+def collected(tmp_path_factory):
+    workdir = str(tmp_path_factory.mktemp("world_model_pixels"))
+    pipeline.run_phase("collect", _pixel_config(4), workdir, iteration=0)
+    return workdir
+
+
+def test_pixel_space_phase_measures_its_scales_and_trains_no_vae(collected):
+    config = _pixel_config(4)
+    summary = wm.train_world_model_phase(config, collected, 0, progress=False)
+    assert summary["vae"] == "pixels" and summary["step"] == 4
+    assert not os.path.exists(wm.vae_checkpoint_dir(collected))
+    # Lossless codec: the "reconstruction" is the truth.
+    assert summary["psnr_vae_reconstruction"] > 90
+    assert np.isfinite(summary["psnr_prediction"]) and summary["psnr_copy_current_frame"] > 10
+    loaded = wm.load_world_model(config, collected, 0)
+    cfg = loaded.model.config
+    assert cfg.vae.kind == "pixels" and cfg.unet.in_channels == 2 * cfg.vae.latent_channels
+    # Pixels in [-1, 1] have std < 1, and so do the changes from the current frame.
+    assert loaded.spec["scaling_factor"] > 1.0 and loaded.spec["residual_scale"] > 1.0
+    assert cfg.residual_scale == loaded.spec["residual_scale"]
+    config.world_model.space = "latent"
+    with pytest.raises(ValueError, match="trained in pixel space"):
+        wm.load_world_model(config, collected, 0)
+
+
+@pytest.mark.slow  # 600 steps of the tiny UNet: ~5 min on 2 CPU cores
+def test_tiny_pixel_model_predicts_about_as_well_as_copying(tmp_path, collected):
+    import shutil
+
+    workdir = str(tmp_path / "run")
+    shutil.copytree(collected, workdir, ignore=shutil.ignore_patterns("checkpoints", "state.json"))
+    config = _pixel_config(600)
+    config.world_model.num_sampling_steps = 10
+    summary = wm.train_world_model_phase(config, workdir, 0, progress=False)
+    assert summary["psnr_prediction"] > summary["psnr_copy_current_frame"] - 1.0, summary
