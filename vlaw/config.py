@@ -62,6 +62,14 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     lo.warmstart_demos_per_task = 2 if tiny else 25  # demonstrations for the base policy
     lo.real_rollouts_per_task = 2 if tiny else (20 if sim else 50)  # K per task, iteration
     lo.synthetic_rollouts_per_task = 2 if tiny else (50 if sim else 500)  # N per task
+    # imagine: policy <-> world-model exchanges per imagined episode, each executing
+    # (world_model.num_future - 1) * frame_stride = 12 robot steps; tiny/sim cover
+    # sim.max_steps, paper as Fig. 5 (20 interactions, ~16 s).
+    lo.imagine_interactions = 3 if tiny else (13 if sim else 20)
+    lo.imagine_batch_size = 2 if tiny else 8  # rollouts imagined together (one compiled shape)
+    # Replay each imagined action sequence in the simulator from its start's reset and store
+    # the outcome as the episode's ground-truth `success` (needs sim.enabled).
+    lo.imagine_sim_replay = True
 
     # --- pi0.5 policy (vlaw/models/policy) ---------------------------------------------------
     c.policy = p = ml_collections.ConfigDict()
@@ -85,6 +93,21 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     w.num_history = 6  # memory frames (Ctrl-World: 6)
     w.num_future = 5  # predicted frames, the first being the current frame (Ctrl-World: 5)
     w.frame_stride = 3  # 15 Hz robot steps per world-model frame (5 Hz frames)
+    # "latent": diffusion on VAE latents (paper: SVD's VAE; tiny/sim: a small VAE trained
+    # first). "pixel": on the pixels themselves, packed onto channels (no VAE to train).
+    w.space = "latent" if paper else "pixel"
+    w.pixel_patch = 0  # pixel space: pixels per latent cell and side (0: the preset VAE's factor)
+    # Diffuse each frame's change from the current frame instead of the frame (tiny/sim, from
+    # scratch: "nothing moves" is then the zero output; paper: False, Ctrl-World's weights).
+    w.diffuse_residuals = not paper
+    w.num_sampling_steps = 4 if tiny else (20 if sim else 50)  # Euler steps (Ctrl-World: 50)
+    w.max_guidance = 2.0  # per-frame CFG rises linearly from 1 to this (Ctrl-World: 2; 1: off)
+    # Training noise ln(sigma) ~ N(p_mean, p_std^2) and the sampler's largest sigma. paper:
+    # Ctrl-World's (0.7, 1.6, 700), tuned for fine-tuning SVD. tiny/sim train from scratch:
+    # EDM's own recipe for that (Karras et al. 2022: -1.2, 1.2, sigma_max 80).
+    w.noise_p_mean = 0.7 if paper else -1.2
+    w.noise_p_std = 1.6 if paper else 1.2
+    w.sigma_max = 700.0 if paper else 80.0
     w.train = _train_section(
         steps=4 if tiny else (500 if sim else 50_000),
         batch_size=2 if tiny else (8 if sim else 32),
@@ -121,9 +144,9 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     r.label_batch_size = 2 if tiny else (16 if sim else 32)  # episodes per scoring batch
     # Datasets `label` scores, relative to the workdir, "{iteration}" formatted in.
     r.label_dataset_dirs = ("iter_{iteration:02d}/synthetic",)
-    # Sources whose stored `success` is ground truth for the confusion matrices (add
-    # "synthetic" when imagine stores the simulator's replayed outcome).
-    r.known_label_sources = ("real", "demo", "droid")
+    # Sources whose stored `success` is ground truth for the confusion matrices; "synthetic"
+    # where imagine stores the simulator's replayed outcome (sim presets).
+    r.known_label_sources = ("real", "demo", "droid") + (("synthetic",) if s.enabled else ())
     r.progress = True  # progress bars while training and scoring
 
     # --- Parallelism (vlaw/train/mesh.py) ----------------------------------------------------

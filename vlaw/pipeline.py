@@ -23,6 +23,7 @@ PHASES: dict[str, str] = {
     "collect": "vlaw.rollout.real:collect_phase",
     "train_world_model": "vlaw.train.world_model:train_world_model_phase",
     "train_reward": "vlaw.train.reward:train_reward_phase",
+    "imagine": "vlaw.rollout.imagine:imagine_phase",
     "label": "vlaw.rollout.label:label_phase",
     "train_policy": "vlaw.train.policy:train_policy_phase",
 }

@@ -132,6 +132,13 @@ def test_load_policy_acts_in_the_station_action_space(trained):
     assert np.all((actions[..., 7] >= 0.0) & (actions[..., 7] <= 1.0))
     again = policy(observations)  # fresh noise on every call
     assert not np.array_equal(actions, again)
+    # An explicit key fixes the noise whatever the calls before, and leaves the count alone.
+    key = jax.random.PRNGKey(7)
+    keyed = policy(observations, rng=key)
+    np.testing.assert_array_equal(policy(observations, rng=key), keyed)
+    fresh = policy_lib.load_policy(workdir, 0)
+    np.testing.assert_array_equal(fresh(observations, rng=key), keyed)
+    np.testing.assert_array_equal(fresh(observations), actions)
 
 
 @pytest.mark.slow  # two more phase runs (~40 s each on 2 shared cores)

@@ -23,6 +23,12 @@ DROID_BUILDER_NAMES = ("r2d2_faceblur", "droid_101", "droid", "droid_100")
 # and one absolute gripper position in [0, 1] (0 open, 1 closed).
 POLICY_ACTION_DIM = 8
 STATE_DIM = 8  # joint_position (7) ++ gripper_position (1), openpi's DROID state.
+# DROID's normalisation of the commanded velocities in `action_dict` (droid_rlds.md §3.2): a
+# unit Cartesian velocity moves the pose by 0.075 m / 0.15 rad per step, a unit gripper
+# velocity moves gripper_position by 0.25 per step. Every station that writes these fields
+# (the simulator, imagination) divides by the same constants.
+CARTESIAN_DELTA_PER_UNIT = (0.075, 0.15)  # m, rad per step
+GRIPPER_DELTA_PER_UNIT = 0.25  # gripper_position per step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -130,7 +130,7 @@ class SuccessTally:
         return {task: self.successes[task] / n for task, n in sorted(self.episodes.items())}
 
 
-def _task_pools(config, specs: list[TaskSpec]):
+def task_pools(config, specs: list[TaskSpec]):
     """(simulator pool, that task's specs) for each task of the run, in order.
 
     Each task gets its own pool, no larger than its episode count, alive while the caller
@@ -155,7 +155,7 @@ def _task_pools(config, specs: list[TaskSpec]):
 
 def _expert_stream(config, specs: list[TaskSpec], source: str, iteration: int):
     """Scripted-expert episodes task by task, from simulator workers (`Iterator[Episode]`)."""
-    for pool, specs_for_task in _task_pools(config, specs):
+    for pool, specs_for_task in task_pools(config, specs):
         yield from pool.expert_episodes(
             specs_for_task,
             noise=config.sim.expert_noise,
@@ -185,6 +185,22 @@ def save_staged_episode(directory: str, episode: Episode) -> str:
     return path
 
 
+def write_staged_json(path: str, payload: dict) -> None:
+    """Writes `payload` atomically (temp file, rename): a crash leaves the old file or the new."""
+    temp = f"{path}.tmp-{os.getpid()}"
+    with open(temp, "w") as f:
+        json.dump(payload, f, indent=2, sort_keys=True)
+    os.replace(temp, path)
+
+
+def read_staged_json(path: str, default: dict) -> dict:
+    """What `write_staged_json` wrote at `path`, or `default` when nothing was written yet."""
+    if not os.path.exists(path):
+        return default
+    with open(path) as f:
+        return json.load(f)
+
+
 def load_staged_episode(path: str) -> Episode:
     with np.load(path) as stored:
         header = json.loads(str(stored["header"]))
@@ -200,7 +216,7 @@ def load_staged_episode(path: str) -> Episode:
 def _policy_stream(config, specs: list[TaskSpec], source: str, iteration: int, policy):
     """Rollouts of a trained `policy` (a `vlaw.train.policy.TrainedPolicy`) task by task, the
     policy running here in the parent and the stations in simulator workers."""
-    for pool, specs_for_task in _task_pools(config, specs):
+    for pool, specs_for_task in task_pools(config, specs):
         yield from policy_episodes(
             pool,
             policy,

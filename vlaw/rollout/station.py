@@ -16,6 +16,7 @@ Numpy only: simulator worker processes import this module and must never import 
 """
 
 import dataclasses
+import re
 from collections.abc import Sequence
 from typing import Protocol
 
@@ -104,6 +105,23 @@ class StationBatch(Protocol):
 def episode_id(source: str, iteration: int, spec: TaskSpec) -> str:
     """The id of the episode a spec produces: unique within a run, the same on a rerun."""
     return f"{source}-{iteration:02d}-{spec.task}-{spec.seed}"
+
+
+# Task names hold no "-", so an id made of other ids (imagine's "...-from-<start id>") fails.
+_EPISODE_ID = re.compile(r"(?P<source>[a-z]+)-(?P<iteration>\d+)-(?P<task>[^-]+)-(?P<seed>\d+)")
+
+
+def parse_episode_id(episode_id: str) -> tuple[str, int, TaskSpec]:
+    """The inverse of `episode_id`: (source, iteration, spec), the spec without instruction
+    (ids do not hold it). Raises ValueError naming the id when it is not of that form."""
+    match = _EPISODE_ID.fullmatch(episode_id)
+    if match is None:
+        raise ValueError(
+            f"episode id {episode_id!r} is not of the form '{{source}}-{{iteration}}-{{task}}-"
+            "{seed}' that station.episode_id writes"
+        )
+    spec = TaskSpec(match["task"], int(match["seed"]))
+    return match["source"], int(match["iteration"]), spec
 
 
 def validate_action_chunk(action_chunk: np.ndarray) -> np.ndarray:

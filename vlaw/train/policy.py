@@ -504,8 +504,10 @@ class TrainedPolicy:
     Joint velocities come out in [-1, 1] and the gripper position in [0, 1]: the unnormalised
     samples are clipped to the station's action space (a sample outside it is a command the
     robot could not execute anyway). Each call draws fresh noise (a per-call counter folded
-    into the seed), so repeated calls are reproducible across runs. The weights are the
-    checkpoint's master `params` (an EMA, when `policy.train.ema_decay` > 0, is not read yet).
+    into the seed), so repeated calls are reproducible across runs; a caller whose noise must
+    not depend on call order (imagine's resumable batches) passes its own `rng`. The weights
+    are the checkpoint's master `params` (an EMA, when `policy.train.ema_decay` > 0, is not
+    read yet).
     """
 
     def __init__(self, checkpoint_dir: str, *, seed: int = 0):
@@ -535,7 +537,9 @@ class TrainedPolicy:
         self._rng = jax.random.PRNGKey(seed)
         self._calls = 0
 
-    def __call__(self, observations: Sequence[Any]) -> np.ndarray:
+    def __call__(self, observations: Sequence[Any], *, rng: jax.Array | None = None) -> np.ndarray:
+        """(B, H, 8) actions for B observations. `rng`: the sampling key; None takes this
+        policy's next own key (and advances the call counter, which an explicit key does not)."""
         images = np.stack(
             [np.stack([obs.images[name] for name in self.camera_slots]) for obs in observations]
         )
@@ -545,8 +549,9 @@ class TrainedPolicy:
         tokens, token_mask = self.preprocessor.tokens(
             [obs.instruction for obs in observations], state
         )
-        rng = jax.random.fold_in(self._rng, self._calls)
-        self._calls += 1
+        if rng is None:
+            rng = jax.random.fold_in(self._rng, self._calls)
+            self._calls += 1
         normalized = np.asarray(_sample(self.model, self.params, images, tokens, token_mask, rng))
         actions = transforms.unnormalize(
             normalized[..., : droid.POLICY_ACTION_DIM],

@@ -1,4 +1,4 @@
-"""Franka kinematics and the joint-velocity -> pose conversion."""
+"""Franka kinematics, the joint-velocity -> pose conversion and imagination's station poses."""
 
 import jax.numpy as jnp
 import numpy as np
@@ -7,9 +7,12 @@ from scipy.spatial.transform import Rotation
 
 from vlaw.models.world_model.kinematics import (
     FRANKA_DH,
+    end_effector_poses,
     franka_forward_kinematics,
+    integrate_joint_velocities,
     pose_from_joints,
     poses_from_joint_velocities,
+    station_tool_transform,
 )
 
 LOW = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
@@ -95,3 +98,45 @@ def test_zero_velocities_keep_the_pose_and_integration_is_0p2_rad_per_unit():
     end = np.asarray(moved[0, -1, :2])
     angle = np.arctan2(end[1], end[0]) - np.arctan2(start[1], start[0])
     np.testing.assert_allclose(angle, 0.6, atol=1e-5)
+
+
+def test_integration_clamps_to_the_franka_limits():
+    joints = np.zeros((2, 7))
+    joints[1, 3] = -3.05  # 0.02 rad above joint 4's lower limit
+    velocities = np.zeros((2, 3, 7))
+    velocities[0, :, 0] = 0.25  # 0.05 rad per step: within the 0.145 rad velocity limit
+    velocities[0, :, 1] = 1.0  # 0.2 rad per step asked: clamped to 2.175 / 15
+    velocities[1, :, 3] = -1.0  # into the position limit
+    path = integrate_joint_velocities(joints, velocities)
+    assert path.shape == (2, 4, 7) and path.dtype == np.float64
+    np.testing.assert_array_equal(path[:, 0], joints)
+    np.testing.assert_allclose(path[0, :, 0], [0.0, 0.05, 0.1, 0.15])
+    np.testing.assert_allclose(np.diff(path[0, :, 1]), 2.175 / 15)
+    np.testing.assert_allclose(path[1, 1:, 3], -3.0718)
+    np.testing.assert_array_equal(path[:, :, [2, 4, 5, 6]], 0.0)
+
+
+def test_station_poses_are_the_simulators_tcp_or_droids_flange():
+    mujoco = pytest.importorskip("mujoco")
+    from vlaw.sim import panda
+
+    q = np.random.default_rng(2).uniform(LOW, HIGH, (4, 7))
+    gripper = np.linspace(0.0, 1.0, 4)[:, None]
+    flange = np.asarray(end_effector_poses(q, gripper, station_tool_transform(False)))
+    np.testing.assert_allclose(flange, np.asarray(pose_from_joints(q, gripper)), atol=1e-6)
+    poses = np.asarray(end_effector_poses(q, gripper, station_tool_transform(True)))
+    np.testing.assert_array_equal(poses[:, 6:], gripper.astype(np.float32))
+    xml = (
+        f"<mujoco><default>{panda.panda_defaults_xml()}</default>"
+        f"<worldbody>{panda.panda_body_xml()}</worldbody></mujoco>"
+    )
+    model = mujoco.MjModel.from_xml_string(xml)
+    data = mujoco.MjData(model)
+    site = model.site(panda.TCP_SITE).id
+    for joints, pose in zip(q, poses, strict=True):
+        for i, name in enumerate(panda.ARM_JOINT_NAMES):
+            data.qpos[model.joint(name).qposadr[0]] = joints[i]
+        mujoco.mj_kinematics(model, data)
+        np.testing.assert_allclose(pose[:3], data.site_xpos[site], atol=1e-5)
+        expected = Rotation.from_matrix(data.site_xmat[site].reshape(3, 3))
+        assert (Rotation.from_euler("xyz", pose[3:6]).inv() * expected).magnitude() < 1e-5

@@ -22,6 +22,12 @@ ctrl_world.md §1.4):
 
 Shapes: joint positions (..., 7); poses (..., 7) = xyz, Euler xyz, gripper. Pure jnp, so it
 jits and vmaps inside the imagination loop.
+
+The `imagine` phase executes the policy's velocities as a Franka would instead
+(`integrate_joint_velocities`: per-step deltas within the datasheet velocity and position
+limits) and poses the frame each station records as `cartesian_position`
+(`station_tool_transform`, `end_effector_poses`). No MuJoCo here: the limits and the
+simulator's tool frame come from vlaw.sim.panda, which is plain numpy.
 """
 
 from __future__ import annotations
@@ -30,6 +36,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from vlaw.data.droid import FRAME_RATE_HZ
+from vlaw.sim import panda  # numpy only: the Franka's datasheet limits and the sim's TCP
 
 # Modified DH rows (a, d, alpha) of the Franka Emika Panda / FR3 joints 1..7, metres / radians.
 FRANKA_DH = (
@@ -116,3 +126,39 @@ def poses_from_joint_velocities(
     )
     grippers = jnp.concatenate([gripper_position[:, None], gripper_commands], axis=1)
     return pose_from_joints(joints, jnp.clip(grippers, 0.0, gripper_max), include_tool)
+
+
+def integrate_joint_velocities(joint_position: np.ndarray, velocities: np.ndarray) -> np.ndarray:
+    """Normalised joint velocities executed as a Franka would: each 15 Hz step moves the joints
+    by 0.2 v within the datasheet velocity limit, then within the position limits (unlike
+    `poses_from_joint_velocities`, which integrates without limits as Ctrl-World does).
+    (B, 7), (B, K, 7) -> joints (B, K + 1, 7) float64, the first the given ones."""
+    max_delta = panda.JOINT_VELOCITY_MAX / FRAME_RATE_HZ
+    joints = [np.asarray(joint_position, np.float64)]
+    for k in range(velocities.shape[1]):
+        delta = np.clip(RAD_PER_UNIT_VELOCITY * velocities[:, k], -max_delta, max_delta)
+        joints.append(
+            np.clip(joints[-1] + delta, panda.JOINT_POSITION_MIN, panda.JOINT_POSITION_MAX)
+        )
+    return np.stack(joints, axis=1)
+
+
+def station_tool_transform(simulated: bool) -> np.ndarray:
+    """(4, 4) flange -> the frame whose pose a station records as `cartesian_position`: the
+    simulator's TCP (vlaw/sim/panda.py) when `simulated`, else the flange itself, as DROID
+    records it."""
+    tool = np.eye(4, dtype=np.float32)
+    if simulated:
+        c, s = np.cos(panda.HAND_YAW), np.sin(panda.HAND_YAW)
+        tool[:2, :2] = [[c, -s], [s, c]]
+        tool[2, 3] = panda.TCP_OFFSET
+    return tool
+
+
+@jax.jit
+def end_effector_poses(joints: jax.Array, grippers: jax.Array, tool: jax.Array) -> jax.Array:
+    """Joints (..., 7), grippers (..., 1), tool (4, 4) (`station_tool_transform`) -> poses
+    (..., 7): xyz, Euler xyz (scipy's extrinsic 'xyz', as the stations record), gripper."""
+    t = franka_forward_kinematics(joints) @ tool
+    rotation = euler_xyz(t[..., :3, :3])
+    return jnp.concatenate([t[..., :3, 3], rotation, grippers.astype(t.dtype)], axis=-1)
