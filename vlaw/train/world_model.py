@@ -356,15 +356,22 @@ def _vae_init_fn(vae: TemporalVAE, image_size: tuple[int, int]):
     return lambda rng: vae.init(rng, jnp.zeros((1, *image_size, 3))).get("params", {})
 
 
-def _measure_scaling_factor(vae, params, batches, num_batches: int = 4) -> float:
+def _inverse_std(batches, values_of, num_batches: int = 4) -> float:
+    """1 / std of `values_of(batch)` over the next `num_batches` batches: the scale that gives
+    a diffused variable unit spread (EDM's sigma_data = 1)."""
+    values = [np.asarray(values_of(next(batches))).ravel() for _ in range(num_batches)]
+    return float(1.0 / max(np.std(np.concatenate(values)), 1e-6))
+
+
+def _measure_scaling_factor(vae, params, batches) -> float:
     """1 / std of the VAE posterior means over a few training batches (SD's recipe)."""
     encode = jax.jit(lambda p, x: vae.apply({"params": p}, x, method=TemporalVAE.encode)[0])
-    values = []
-    for _ in range(num_batches):
-        clips = vae_clips(next(batches))["clips"]
-        frames = clips.reshape(-1, *clips.shape[2:]).astype(np.float32) / 127.5 - 1.0
-        values.append(np.asarray(encode(params, frames)).ravel())
-    return float(1.0 / max(np.std(np.concatenate(values)), 1e-6))
+
+    def means(batch):
+        clips = vae_clips(batch)["clips"]
+        return encode(params, clips.reshape(-1, *clips.shape[2:]).astype(np.float32) / 127.5 - 1)
+
+    return _inverse_std(batches, means)
 
 
 def train_vae(
@@ -653,6 +660,12 @@ def _measure_residual_scale(config, vae_source, scaling_factor, sources, exclude
         {} if vae_source["kind"] == "pixels" else _restore_vae(vae_source["path"], vae, image_size)
     )
     th = model_cfg.num_history
+    encode = jax.jit(lambda p, x: encode_latents(vae, p, x))
+
+    def residuals(batch):
+        latents = np.asarray(encode(params, stack_frames(batch).astype(np.float32) / 127.5 - 1))
+        return np.delete(latents - latents[:, th : th + 1], th, axis=1)  # all but the current
+
     batches = world_model_windows(
         config,
         sources,
@@ -661,16 +674,10 @@ def _measure_residual_scale(config, vae_source, scaling_factor, sources, exclude
         image_size=image_size,
         exclude=exclude,
     )
-    encode = jax.jit(lambda p, x: encode_latents(vae, p, x))
-    values = []
     try:
-        for _ in range(4):
-            frames = stack_frames(next(batches)).astype(np.float32) / 127.5 - 1.0
-            latents = np.asarray(encode(params, frames))  # (B, T, V, h, w, C)
-            values.append(np.delete(latents - latents[:, th : th + 1], th, axis=1).ravel())
+        return _inverse_std(batches, residuals)
     finally:
         batches.close()
-    return float(1.0 / max(np.std(np.concatenate(values)), 1e-6))
 
 
 def _check_space(config, spec: dict, directory: str) -> None:

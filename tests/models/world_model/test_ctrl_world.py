@@ -258,3 +258,33 @@ def test_tiny_rollout_shapes_and_determinism(tiny_model):
     assert np.all(np.isfinite(np.asarray(out)))
     again = cw.rollout(model, params, first, pose0, chunks, text, jax.random.key(3))
     np.testing.assert_array_equal(np.asarray(out), np.asarray(again))
+
+
+def test_residual_prediction_diffuses_changes_and_adds_the_current_frame_back(
+    tiny_model, monkeypatch
+):
+    """`predict` with residual_scale s hands the sampler s * (history - current) and returns
+    current + x / s. A sampler answering "nothing moves" (x = 0) for frame 0 and echoing the
+    newest history residual for the others must give the current frame, then that history
+    frame itself."""
+    import dataclasses
+
+    cfg, _, params = tiny_model
+    cfg = dataclasses.replace(cfg, residual_scale=2.5)  # a new static model: a fresh trace
+    model = cw.CtrlWorld(cfg)
+    h, w = cfg.num_views * cfg.view_latent_shape[0], cfg.view_latent_shape[1]
+    history = jax.random.normal(jax.random.key(1), (2, cfg.num_history, h, w, 4))
+    current = jax.random.normal(jax.random.key(2), (2, h, w, 4))
+
+    def echo_sampler(network, history_in, condition, context, rng, *, num_future, **kwargs):
+        newest = jnp.repeat(history_in[:, -1:], num_future - 1, axis=1)
+        return jnp.concatenate([jnp.zeros_like(history_in[:, :1]), newest], axis=1)
+
+    monkeypatch.setattr(cw, "sample_future", echo_sampler)
+    poses = jnp.zeros((2, cfg.num_frames, 7))
+    text = jnp.ones((2, cfg.text_dim))
+    chunk = cw.predict(model, flax_unbox(params), history, current, poses, text, jax.random.key(3))
+    assert chunk.shape == (2, cfg.num_future, h, w, 4)
+    np.testing.assert_allclose(np.asarray(chunk[:, 0]), np.asarray(current), atol=1e-6)
+    for f in range(1, cfg.num_future):
+        np.testing.assert_allclose(np.asarray(chunk[:, f]), np.asarray(history[:, -1]), atol=1e-5)
