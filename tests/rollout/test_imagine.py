@@ -26,6 +26,7 @@ from vlaw.rollout.station import TaskSpec
 from vlaw.train import checkpoints
 from vlaw.train import policy as policy_lib
 from vlaw.train import world_model as wm
+from vlaw.train import world_model_data as wm_data
 
 ROLLOUTS = 3  # two batches of two: the second padded
 
@@ -62,14 +63,14 @@ def _write_policy(config, workdir: str, iteration: int) -> str:
 def _write_world_model(config, workdir: str, iteration: int) -> None:
     spec = {"scaling_factor": 1.0, "residual_scale": 2.0}
     spec["vae"] = {"kind": "pixels" if config.world_model.space == "pixel" else "trained"}
-    model_cfg = wm.model_config_from_spec(config, spec)
+    model_cfg = wm_data.model_config_from_spec(config, spec)
     model = wm.cw.CtrlWorld(model_cfg)
     vae = wm.TemporalVAE(model_cfg.vae)
-    init = wm.world_model_init_fn(model, vae, wm.pixel_size(model_cfg))
+    init = wm.world_model_init_fn(model, vae, wm_data.pixel_size(model_cfg))
     abstract = jax.eval_shape(lambda: nn.unbox(init(jax.random.PRNGKey(0))))
-    directory = wm.checkpoint_dir(workdir, iteration)
+    directory = wm_data.checkpoint_dir(workdir, iteration)
     _save_random_params(directory, abstract, config, seed=2)
-    with open(os.path.join(directory, wm.SPEC_FILE), "w") as f:
+    with open(os.path.join(directory, wm_data.SPEC_FILE), "w") as f:
         json.dump(spec, f)
 
 
@@ -186,7 +187,7 @@ def test_writes_n_synthetic_episodes_per_task_at_the_world_models_size(imagined)
     assert summary["episodes_per_task"] == {"scoop": ROLLOUTS}
     assert summary["steps_per_episode"] == steps and summary["success_is_ground_truth"]
     assert summary["seconds_per_interaction"] > 0
-    size = wm.pixel_size(wm.model_config(config))
+    size = wm_data.pixel_size(wm_data.model_config(config))
     policy_dir = policy_lib.policy_checkpoint_dir(workdir, 0)
     for index, episode in enumerate(episodes):
         m = episode.metadata
@@ -309,9 +310,9 @@ def test_imagine_after_training_both_models(tmp_path):
     pipeline.run_phase("train_world_model", config, workdir, iteration=1)
     summary = pipeline.run_phase("imagine", config, workdir, iteration=1)
     assert summary["num_episodes"] == ROLLOUTS
-    model_cfg = wm.model_config(config)
+    model_cfg = wm_data.model_config(config)
     for episode in rlds.read_episodes(summary["dataset_dir"]):
-        assert episode.image_shape == (*wm.pixel_size(model_cfg), 3)
+        assert episode.image_shape == (*wm_data.pixel_size(model_cfg), 3)
     pipeline.run_phase("train_reward", config, workdir, iteration=0)  # kept after iteration 0
     labelled = pipeline.run_phase("label", config, workdir, iteration=1)
     assert labelled["num_episodes"] == ROLLOUTS

@@ -2,9 +2,9 @@
 
 Default test: the phase in pixel space end to end at a handful of steps (no VAE is trained, the
 pixel and residual scales are measured and stored, the checkpoint loads, a latent-space config
-refuses it). Slow test: the quality bar measured for docs (vlaw/train/world_model.py): after
-600 steps the prediction is within 1 dB of copying the current frame (24.3 vs 24.6 dB when
-measured); the issue's goal, beating the copy, is not reached yet at tiny size.
+refuses it). Slow test: the quality bar measured for docs (vlaw/train/world_model_codec.py):
+after 600 steps the prediction is within 1 dB of copying the current frame (24.3 vs 24.6 dB
+when measured); the issue's goal, beating the copy, is not reached yet at tiny size.
 """
 
 import os
@@ -15,6 +15,7 @@ import pytest
 from vlaw import config as config_lib
 from vlaw import pipeline
 from vlaw.train import world_model as wm
+from vlaw.train import world_model_data as wm_data
 
 
 def _pixel_config(steps: int):
@@ -43,7 +44,7 @@ def test_pixel_space_phase_measures_its_scales_and_trains_no_vae(collected):
     config = _pixel_config(4)
     summary = wm.train_world_model_phase(config, collected, 0, progress=False)
     assert summary["vae"] == "pixels" and summary["step"] == 4
-    assert not os.path.exists(wm.vae_checkpoint_dir(collected))
+    assert not os.path.exists(wm_data.vae_checkpoint_dir(collected))
     # Lossless codec: the "reconstruction" is the truth.
     assert summary["psnr_vae_reconstruction"] > 90
     assert np.isfinite(summary["psnr_prediction"]) and summary["psnr_copy_current_frame"] > 10

@@ -298,6 +298,7 @@ def imagine_phase(
     from vlaw.pipeline import iteration_dir
     from vlaw.train import policy as policy_lib
     from vlaw.train import world_model as world_model_lib
+    from vlaw.train import world_model_data
 
     dataset_dir = os.path.join(iteration_dir(workdir, iteration), "synthetic")
     if os.path.exists(dataset_dir):
@@ -310,7 +311,7 @@ def imagine_phase(
     replay_labels = replay.replay_enabled(config)
     # Up front: a start the simulator cannot reset to stops the phase before it imagines.
     replay_specs = {r.episode_id: r.start.station_spec() for r in plan} if replay_labels else {}
-    world_model_dir = world_model_lib.checkpoint_dir(workdir, iteration)
+    world_model_dir = world_model_data.checkpoint_dir(workdir, iteration)
     world = world_model_lib.load_world_model(config, workdir, iteration)
     size = int(config.loop.imagine_batch_size)
     batches = [plan[i : i + size] for i in range(0, len(plan), size)]
