@@ -55,3 +55,21 @@ def test_mismatch_lists_missing_unexpected_and_misshaped_paths():
 def test_init_from_an_empty_directory_says_so(tmp_path):
     with pytest.raises(FileNotFoundError, match="init_from: no checkpoint under"):
         checkpoints.restore_params(tmp_path, {"w": jax.ShapeDtypeStruct((2,), jnp.float32)})
+
+
+def test_restore_params_reads_the_moving_average_when_asked(tmp_path):
+    manager = checkpoints.make_manager(tmp_path / "ema", ckpt_config())
+    state = {"params": {"w": jnp.ones((2,))}, "ema_params": {"w": jnp.full((2,), 0.5)}}
+    checkpoints.save(manager, 1, state, {"batches": 1})
+    manager.wait_until_finished()
+    manager.close()
+    abstract = {"w": jax.ShapeDtypeStruct((2,), jnp.float32, sharding=_one_device())}
+    ema = checkpoints.restore_params(tmp_path / "ema", abstract, key="ema_params")
+    np.testing.assert_array_equal(ema["w"], [0.5, 0.5])
+    np.testing.assert_array_equal(checkpoints.restore_params(tmp_path / "ema", abstract)["w"], 1)
+    plain = checkpoints.make_manager(tmp_path / "no_ema", ckpt_config())
+    checkpoints.save(plain, 1, {"params": state["params"]}, {})
+    plain.wait_until_finished()
+    plain.close()
+    with pytest.raises(checkpoints.CheckpointMismatchError, match="holds no 'ema_params'"):
+        checkpoints.restore_params(tmp_path / "no_ema", abstract, key="ema_params")

@@ -9,12 +9,14 @@ when measured); the issue's goal, beating the copy, is not reached yet at tiny s
 
 import os
 
+import jax
 import numpy as np
 import pytest
 
 from vlaw import config as config_lib
 from vlaw import pipeline
 from vlaw.train import world_model as wm
+from vlaw.train import world_model_codec as wm_codec
 from vlaw.train import world_model_data as wm_data
 
 
@@ -42,6 +44,7 @@ def collected(tmp_path_factory):
 
 def test_pixel_space_phase_measures_its_scales_and_trains_no_vae(collected):
     config = _pixel_config(4)
+    config.world_model.train.ema_decay = 0.5  # the check and load_world_model read the EMA
     summary = wm.train_world_model_phase(config, collected, 0, progress=False)
     assert summary["vae"] == "pixels" and summary["step"] == 4
     assert not os.path.exists(wm_data.vae_checkpoint_dir(collected))
@@ -54,6 +57,17 @@ def test_pixel_space_phase_measures_its_scales_and_trains_no_vae(collected):
     # Pixels in [-1, 1] have std < 1, and so do the changes from the current frame.
     assert loaded.spec["scaling_factor"] > 1.0 and loaded.spec["residual_scale"] > 1.0
     assert cfg.residual_scale == loaded.spec["residual_scale"]
+    directory = wm_data.checkpoint_dir(collected, 0)
+    init_fn = wm.world_model_init_fn(loaded.model, loaded.vae, loaded.pixel_size)
+    ema = wm_codec.restore_on_one_device(directory, init_fn, key="ema_params")
+    raw = wm_codec.restore_on_one_device(directory, init_fn)
+    leaves = jax.tree.leaves(loaded.params["world_model"])
+    for got, want in zip(leaves, jax.tree.leaves(ema["world_model"]), strict=True):
+        np.testing.assert_array_equal(got, want)
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(leaves, jax.tree.leaves(raw["world_model"]), strict=True)
+    )
     config.world_model.space = "latent"
     with pytest.raises(ValueError, match="trained in pixel space"):
         wm.load_world_model(config, collected, 0)

@@ -114,8 +114,11 @@ def restore(manager: ocp.CheckpointManager, step: int, abstract_state: Any) -> t
     return restored[STATE], restored[DATA]
 
 
-def restore_params(directory: str | epath.Path, abstract_params: Any) -> Any:
-    """Only the `params` of the newest checkpoint under `directory` (for `train.init_from`).
+def restore_params(
+    directory: str | epath.Path, abstract_params: Any, *, key: str = "params"
+) -> Any:
+    """Only the `params` of the newest checkpoint under `directory` (for `train.init_from`), or
+    with `key="ema_params"` their moving average (a run trained with `ema_decay` > 0).
 
     `directory` is another vlaw run's checkpoint directory; its optimizer state, step and data
     position are ignored: importing weights is not resuming. External checkpoints (openpi,
@@ -132,11 +135,11 @@ def restore_params(directory: str | epath.Path, abstract_params: Any) -> Any:
             raise FileNotFoundError(f"init_from: no checkpoint under {directory}")
         metadata = manager.item_metadata(step)[STATE]
         stored = metadata.tree if hasattr(metadata, "tree") else metadata
-        if not isinstance(stored, dict) or "params" not in stored:
-            raise CheckpointMismatchError(f"init_from: {directory}/{step} holds no 'params'")
+        if not isinstance(stored, dict) or stored.get(key) is None:
+            raise CheckpointMismatchError(f"init_from: {directory}/{step} holds no {key!r}")
         where = f"init_from checkpoint {directory}/{step}"
-        check_compatible({"params": stored["params"]}, {"params": abstract_params}, where)
-        item = {"params": abstract_params}
+        check_compatible({key: stored[key]}, {key: abstract_params}, where)
+        item = {key: abstract_params}
         restored = manager.restore(
             step,
             args=ocp.args.Composite(
@@ -151,4 +154,4 @@ def restore_params(directory: str | epath.Path, abstract_params: Any) -> Any:
         )
     finally:
         manager.close()
-    return restored[STATE]["params"]
+    return restored[STATE][key]

@@ -224,7 +224,9 @@ def load_world_model(
     model_cfg = model_config_from_spec(config, spec)
     model, vae = cw.CtrlWorld(model_cfg), TemporalVAE(model_cfg.vae)
     init_fn = world_model_init_fn(model, vae, pixel_size(model_cfg))
-    params = restore_on_one_device(directory, init_fn)
+    # A run trained with an EMA is evaluated and imagined with it (as the phase's check).
+    key = "ema_params" if spec.get("ema_decay", 0.0) > 0 else "params"
+    params = restore_on_one_device(directory, init_fn, key=key)
     clip_path = str(config.world_model.clip_path or "")
     text = TextEmbeddings(model_cfg.text_dim, clip_path, os.path.join(directory, TEXT_FILE))
     return TrainedWorldModel(model, vae, params, text, spec)
@@ -281,6 +283,7 @@ def _prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, prog
         "droid_path": str(config.data.droid_path or ""),
         "droid_weight": float(config.data.droid_weight),
         "heldout_episodes": [list(e) for e in exclude],
+        "ema_decay": float(config.world_model.train.ema_decay),
     }
     write_json(spec_path, spec)  # last: its presence means "prepared"
     return spec
@@ -394,7 +397,7 @@ def train_world_model_phase(
         eval_windows = evaluation_windows(
             config, episodes, newest_real, int(w.eval_windows), image_size
         )
-        params = jax.device_get(state.params)
+        params = jax.device_get(state.params if state.ema_params is None else state.ema_params)
         # One device: the sampler's batch (N windows x 2 for guidance) is not the train batch.
         with jax.default_device(jax.devices()[0]):
             params = jax.device_put(params, jax.devices()[0])

@@ -264,8 +264,9 @@ def measure_residual_scale(config, vae_source, scaling_factor, sources, exclude)
 # Restoring checkpoints on one device.
 
 
-def restore_on_one_device(directory: str, init_fn) -> Any:
-    """The newest checkpoint's params under `directory`, on the default device."""
+def restore_on_one_device(directory: str, init_fn, *, key: str = "params") -> Any:
+    """The newest checkpoint's `params` (or `ema_params`) under `directory`, on the default
+    device."""
     from vlaw.train import checkpoints
 
     abstract = jax.eval_shape(lambda: nn.unbox(init_fn(jax.random.key(0))))
@@ -273,7 +274,7 @@ def restore_on_one_device(directory: str, init_fn) -> Any:
     target = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
     )
-    return checkpoints.restore_params(directory, target)
+    return checkpoints.restore_params(directory, target, key=key)
 
 
 def restore_vae(directory: str, vae: TemporalVAE, image_size) -> Any:
