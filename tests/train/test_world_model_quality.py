@@ -2,9 +2,9 @@
 
 Default test: the phase in pixel space end to end at a handful of steps (no VAE is trained, the
 pixel and residual scales are measured and stored, the checkpoint loads, a latent-space config
-refuses it). Slow test: the quality bar measured for docs (vlaw/train/world_model_codec.py):
-after 600 steps the prediction is within 1 dB of copying the current frame (24.3 vs 24.6 dB
-when measured); the issue's goal, beating the copy, is not reached yet at tiny size.
+refuses it, an EMA run is loaded with its EMA). Slow test: the issue's bar, a tiny model
+trained here predicts held-out frames better than copying the current frame (measured: 25.4
+vs 24.4 dB after 1500 steps at seed 1; vlaw/train/world_model_codec.py, benchmarks/RESULTS.md).
 """
 
 import os
@@ -73,13 +73,13 @@ def test_pixel_space_phase_measures_its_scales_and_trains_no_vae(collected):
         wm.load_world_model(config, collected, 0)
 
 
-@pytest.mark.slow  # 600 steps of the tiny UNet: ~5 min on 2 CPU cores
-def test_tiny_pixel_model_predicts_about_as_well_as_copying(tmp_path, collected):
+@pytest.mark.slow  # 1500 steps of the tiny UNet: ~12 min on 2 CPU cores
+def test_tiny_pixel_model_predicts_better_than_copying(tmp_path, collected):
     import shutil
 
     workdir = str(tmp_path / "run")
     shutil.copytree(collected, workdir, ignore=shutil.ignore_patterns("checkpoints", "state.json"))
-    config = _pixel_config(600)
-    config.world_model.num_sampling_steps = 10
+    config = _pixel_config(1500)
+    config.world_model.eval_windows = 24
     summary = wm.train_world_model_phase(config, workdir, 0, progress=False)
-    assert summary["psnr_prediction"] > summary["psnr_copy_current_frame"] - 1.0, summary
+    assert summary["psnr_prediction"] > summary["psnr_copy_current_frame"] + 0.25, summary

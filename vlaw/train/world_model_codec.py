@@ -22,13 +22,13 @@ Why pixels at tiny/sim: measured on scoop (tiny: 8x16 views, 6 demos + 2 rollout
 18.5 dB held-out prediction PSNR under its own 18.9 dB reconstruction ceiling; pixel space
 reached 20.5 dB in less total time, with no ceiling. `world_model.diffuse_residuals` (tiny/sim)
 then diffuses each frame's change from the current frame (`CtrlWorldConfig.residual_scale`,
-measured as 1/std of those changes): 24.3 dB at 600 steps, 24.4 dB at 1500, against 24.6 dB
-for copying the current frame (benchmarks/RESULTS.md has the table). With residuals a model
-trained from scratch starts from "nothing moves"; without them it must first learn to copy the
-condition image through the UNet, which it had not done after 600 steps (22.5 dB on the
-current frame itself). Training noise and the sampler's sigma_max are EDM's from-scratch
-values at tiny/sim (`world_model.noise_p_mean`, `noise_p_std`, `sigma_max`), Ctrl-World's at
-paper.
+measured as 1/std of those changes): 24.3 dB at 600 steps against 24.6 dB for copying the
+current frame. With residuals a model trained from scratch starts from "nothing moves";
+without them it must first learn to copy the condition image through the UNet, which it had
+not done after 600 steps (22.5 dB on the current frame itself). Finally the training noise
+is centred at large sigma (`world_model.noise_p_mean`, `noise_p_std` = 1.0, 1.0 at tiny/sim;
+Ctrl-World's 0.7, 1.6 at paper), where a residual's content is decided: 24.9 dB at 600 steps
+and 25.4 dB at 1500, against 24.4 dB for the copy (benchmarks/RESULTS.md has both tables).
 """
 
 from __future__ import annotations
