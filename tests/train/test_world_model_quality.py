@@ -3,8 +3,8 @@
 Default test: the phase in pixel space end to end at a handful of steps (no VAE is trained, the
 pixel and residual scales are measured and stored, the checkpoint loads, a latent-space config
 refuses it, an EMA run is loaded with its EMA). Slow test: the issue's bar, a tiny model
-trained here predicts held-out frames better than copying the current frame (measured: 25.4
-vs 24.4 dB after 1500 steps at seed 1; vlaw/train/world_model_codec.py, benchmarks/RESULTS.md).
+trained here predicts held-out frames better than copying the current frame (measured: 25.7
+vs 24.4 dB after 1500 steps; vlaw/train/world_model_codec.py, benchmarks/RESULTS.md).
 """
 
 import os
