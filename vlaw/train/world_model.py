@@ -31,6 +31,8 @@ directory with its data position); else the previous iteration's checkpoint; els
 `world_model.train.init_from` (a vlaw run's checkpoint directory, or Ctrl-World's released
 `checkpoint-10000.pt` converted by `vlaw.convert.ctrl_world`); else a fresh UNet.
 Checkpoints: `<workdir>/checkpoints/world_model/iter_NN/` (+ `world_model.json`, the spec).
+With `world_model.train.ema_decay` > 0 the check below and `load_world_model` (imagination)
+use the moving average of the weights; the next iteration starts from the raw weights.
 
 Check. After training, the summary reports the held-out prediction PSNR
 (`vlaw.train.world_model_eval`).
