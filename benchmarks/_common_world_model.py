@@ -1,5 +1,5 @@
-"""What the world-model benchmarks share: the matmul peak, diffusers' UNet with our config, and
-the analytic FLOP count of one UNet forward.
+"""What the world-model benchmarks share: the matmul peak and the analytic FLOP count of one
+UNet forward (diffusers' UNet with our config is `vlaw.convert.ctrl_world.diffusers_unet`).
 
 Imported by `world_model_step.py` and `world_model_sample.py` (run as scripts from the
 repository root, so this directory is on `sys.path`).
@@ -29,30 +29,6 @@ def matmul_peak(on_gpu: bool) -> float:
         f(a).block_until_ready()
         times.append(time.perf_counter() - start)
     return 2 * n**3 / float(np.median(times))
-
-
-def diffusers_unet(cfg: UNetConfig, num_frames: int):
-    """diffusers' `UNetSpatioTemporalConditionModel` with the same hyper-parameters as `cfg`
-    (random init, fp32, on the CPU; the caller seeds torch and moves it)."""
-    import diffusers
-
-    kinds = [
-        "CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal"
-        for a in cfg.cross_attention_levels
-    ]
-    return diffusers.UNetSpatioTemporalConditionModel(
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        down_block_types=tuple(kinds),
-        up_block_types=tuple(k.replace("Down", "Up") for k in reversed(kinds)),
-        block_out_channels=cfg.block_out_channels,
-        addition_time_embed_dim=cfg.addition_time_embed_dim,
-        projection_class_embeddings_input_dim=cfg.num_added_ids * cfg.addition_time_embed_dim,
-        layers_per_block=cfg.layers_per_block,
-        cross_attention_dim=cfg.cross_attention_dim,
-        num_attention_heads=cfg.num_attention_heads,
-        num_frames=num_frames,
-    )
 
 
 def unet_forward_flops(

@@ -28,8 +28,9 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
-from _common_world_model import diffusers_unet, matmul_peak, unet_forward_flops
+from _common_world_model import matmul_peak, unet_forward_flops
 
+from vlaw.convert.ctrl_world import diffusers_unet
 from vlaw.models.world_model.unet import UNetConfig, UNetSpatioTemporal
 from vlaw.train import optim, trainer
 

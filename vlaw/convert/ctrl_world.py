@@ -18,8 +18,8 @@ Every expected parameter must be present with the expected shape: a missing key 
 `KeyError` and a mis-shaped one `ValueError`, both naming the PyTorch key. Keys under the
 converted prefix that vlaw does not use raise too (strict), so a layout drift is never silent.
 
-torch is imported only inside `load_torch_state_dict` (vlaw itself never imports torch); the
-converters take any mapping of arrays or tensors.
+torch is imported only inside `load_torch_state_dict` (vlaw itself never imports torch), and
+diffusers only inside `diffusers_unet`; the converters take any mapping of arrays or tensors.
 """
 
 from __future__ import annotations
@@ -147,6 +147,31 @@ def convert_unet(state_dict: Mapping[str, Any], config, prefix: str = "") -> dic
         jnp.zeros((1, config.num_added_ids)),
     )
     return convert_state_dict(state_dict, param_shapes(UNetSpatioTemporal(config), *args), prefix)
+
+
+def diffusers_unet(config, num_frames: int = 25):
+    """diffusers' `UNetSpatioTemporalConditionModel` with the hyper-parameters of our
+    `UNetConfig` (random init, fp32, CPU; the caller seeds torch): the model whose state dict
+    `convert_unet` reads. Parity tests and benchmarks build their reference with it."""
+    import diffusers
+
+    kinds = [
+        "CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal"
+        for a in config.cross_attention_levels
+    ]
+    return diffusers.UNetSpatioTemporalConditionModel(
+        in_channels=config.in_channels,
+        out_channels=config.out_channels,
+        down_block_types=tuple(kinds),
+        up_block_types=tuple(k.replace("Down", "Up") for k in reversed(kinds)),
+        block_out_channels=config.block_out_channels,
+        addition_time_embed_dim=config.addition_time_embed_dim,
+        projection_class_embeddings_input_dim=config.num_added_ids * config.addition_time_embed_dim,
+        layers_per_block=config.layers_per_block,
+        cross_attention_dim=config.cross_attention_dim,
+        num_attention_heads=config.num_attention_heads,
+        num_frames=num_frames,
+    )
 
 
 def convert_vae(state_dict: Mapping[str, Any], config, prefix: str = "") -> dict:

@@ -6,7 +6,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from vlaw.convert.ctrl_world import convert_unet
+from vlaw.convert.ctrl_world import convert_unet, diffusers_unet
 from vlaw.models.world_model.unet import UNetConfig, UNetSpatioTemporal
 
 torch = pytest.importorskip("torch")
@@ -27,23 +27,7 @@ class _FrameLevelContext:
 
 def _tiny_diffusers_unet(cfg: UNetConfig):
     torch.manual_seed(0)
-    kinds = [
-        "CrossAttnDownBlockSpatioTemporal" if a else "DownBlockSpatioTemporal"
-        for a in cfg.cross_attention_levels
-    ]
-    ups = [k.replace("Down", "Up") for k in reversed(kinds)]
-    model = diffusers.UNetSpatioTemporalConditionModel(
-        in_channels=cfg.in_channels,
-        out_channels=cfg.out_channels,
-        down_block_types=tuple(kinds),
-        up_block_types=tuple(ups),
-        block_out_channels=cfg.block_out_channels,
-        addition_time_embed_dim=cfg.addition_time_embed_dim,
-        projection_class_embeddings_input_dim=cfg.num_added_ids * cfg.addition_time_embed_dim,
-        layers_per_block=cfg.layers_per_block,
-        cross_attention_dim=cfg.cross_attention_dim,
-        num_attention_heads=cfg.num_attention_heads,
-    ).eval()
+    model = diffusers_unet(cfg).eval()
     # Perturb every tensor so norm scales/biases, blend factors and zero-init layers all matter.
     with torch.no_grad():
         for p in model.parameters():
