@@ -7,6 +7,8 @@ Any `--config.a.b=value` overrides a field; an unknown field is an error. The re
 is written to <workdir>/config.json.
 """
 
+import os
+
 from absl import app, flags, logging
 from ml_collections import config_flags
 
@@ -32,12 +34,15 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     del argv
     config = _CONFIG.value
+    # Resolved once, here: orbax refuses relative checkpoint paths, and a relative path would
+    # mean something else to any code that changes directory.
+    workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
     if config.mesh.distributed:
         import jax
 
         jax.distributed.initialize()
-    logging.info("config written to %s", pipeline.write_config(config, _WORKDIR.value))
-    pipeline.run_phase(_PHASE.value, config, _WORKDIR.value, _ITERATION.value, _FORCE.value)
+    logging.info("config written to %s", pipeline.write_config(config, workdir))
+    pipeline.run_phase(_PHASE.value, config, workdir, _ITERATION.value, _FORCE.value)
 
 
 if __name__ == "__main__":

@@ -9,6 +9,7 @@ ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 source "$ROOT/scripts/venv.sh"
 cd "$ROOT"
 WORKDIR="${VLAW_WORKDIR:-runs/scoop_sim}"
+CONFIG="${VLAW_CONFIG:-experiments/scoop.py:sim}"  # CI runs the same path at :tiny
 for phase in collect train_policy; do
-  python launch.py --config=experiments/scoop.py:sim --workdir="$WORKDIR" --phase="$phase" "$@"
+  python launch.py --config="$CONFIG" --workdir="$WORKDIR" --phase="$phase" "$@"
 done
