@@ -1,13 +1,10 @@
 """Algorithm 1 as phases over a workdir, each resumable and marked done in state.json.
 
-A phase is a function `(config, workdir, iteration) -> dict` (its summary) registered in
-`PHASES` by module path, so that importing the pipeline stays cheap and a phase's heavy
-dependencies load only when it runs. A phase whose issue has not landed is absent here: never a
-stub. Workdir layout (docs: shared ARCHITECTURE.md §3):
-
-  workdir/config.json                the resolved configuration
-  workdir/state.json                 {"iter_00": {"collect": {...summary...}}, ...}
-  workdir/iter_NN/<phase outputs>    written atomically (temp dir, then rename)
+A phase is a function `(config, workdir, iteration) -> dict` (its summary), one module per
+phase in `vlaw/phases/`, registered in `PHASES` by module path in Algorithm 1's order, so that
+importing the pipeline stays cheap and a phase's heavy dependencies load only when it runs. A
+phase that has not landed is absent here: never a stub. The run directory's layout, and which
+data, weights and seeds each phase uses: `vlaw.workdir`.
 """
 
 import importlib
@@ -18,14 +15,16 @@ import time
 import ml_collections
 from absl import logging
 
+from vlaw import workdir as workdir_lib
+
 # name -> "module:function". Ordered as Algorithm 1 runs them.
 PHASES: dict[str, str] = {
-    "collect": "vlaw.rollout.real:collect_phase",
-    "train_world_model": "vlaw.train.world_model:train_world_model_phase",
-    "train_reward": "vlaw.train.reward:train_reward_phase",
-    "imagine": "vlaw.rollout.imagine:imagine_phase",
-    "label": "vlaw.rollout.label:label_phase",
-    "train_policy": "vlaw.train.policy:train_policy_phase",
+    "collect": "vlaw.phases.collect:collect_phase",
+    "train_world_model": "vlaw.phases.train_world_model:train_world_model_phase",
+    "train_reward": "vlaw.phases.train_reward:train_reward_phase",
+    "imagine": "vlaw.phases.imagine:imagine_phase",
+    "label": "vlaw.phases.label:label_phase",
+    "train_policy": "vlaw.phases.train_policy:train_policy_phase",
 }
 
 
@@ -38,34 +37,19 @@ def default_phase() -> str:
     return "loop" if "loop" in PHASES else "collect"
 
 
-def iteration_dir(workdir: str, iteration: int) -> str:
-    return os.path.join(workdir, f"iter_{iteration:02d}")
-
-
 def load_state(workdir: str) -> dict:
-    path = os.path.join(workdir, "state.json")
-    if not os.path.exists(path):
-        return {}
-    with open(path) as f:
-        return json.load(f)
+    """state.json: {"iter_NN": {phase: summary}} of the phases done so far ({} when none)."""
+    return workdir_lib.read_json(os.path.join(workdir, "state.json"), default={})
 
 
 def _save_state(workdir: str, state: dict) -> None:
-    # Atomic: a crash mid-write never leaves a truncated state.json behind.
-    tmp = os.path.join(workdir, f".state.json.tmp-{os.getpid()}")
-    with open(tmp, "w") as f:
-        json.dump(state, f, indent=2, sort_keys=True)
-    os.replace(tmp, os.path.join(workdir, "state.json"))
+    workdir_lib.write_json(os.path.join(workdir, "state.json"), state)
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the resolved config to workdir/config.json (and returns the path)."""
-    os.makedirs(workdir, exist_ok=True)
     path = os.path.join(workdir, "config.json")
-    tmp = path + f".tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        f.write(config.to_json_best_effort(indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    workdir_lib.write_json(path, json.loads(config.to_json_best_effort()))
     return path
 
 

@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from vlaw.data import droid
+from vlaw.data import droid, rlds
 from vlaw.rollout.station import TaskSpec, parse_episode_id
 
 
@@ -59,8 +59,6 @@ class Rollout:
 
 def _first_steps(dataset_dir: str, tasks: Sequence[str]) -> Iterator[StartState]:
     """The first step of each episode of `tasks` in `dataset_dir` (only its frames decoded)."""
-    from vlaw.data import rlds
-
     layout = rlds.open_dataset(dataset_dir)
     for raw in rlds.iter_raw_episodes(layout):
         metadata = rlds.metadata_from_raw(raw)
@@ -80,22 +78,19 @@ def _first_steps(dataset_dir: str, tasks: Sequence[str]) -> Iterator[StartState]
         )
 
 
-def start_states(config, workdir: str, iteration: int) -> dict[str, list[StartState]]:
-    """Per task, the first steps of its episodes in iter_NN/real, else in <workdir>/demos."""
-    from vlaw.pipeline import iteration_dir
-
-    candidates = [os.path.join(iteration_dir(workdir, iteration), "real")]
-    candidates.append(os.path.join(workdir, "demos"))
-    found: dict[str, list[StartState]] = {task: [] for task in config.tasks}
+def start_states(tasks: Sequence[str], candidates: Sequence[str]) -> dict[str, list[StartState]]:
+    """Per task, the first steps of its episodes in the first of the `candidates` dataset
+    directories that has any (`vlaw.workdir.imagine_start_dirs`: iter_NN/real, else demos)."""
+    found: dict[str, list[StartState]] = {task: [] for task in tasks}
     for dataset_dir in candidates:
-        missing = [task for task in config.tasks if not found[task]]
+        missing = [task for task in tasks if not found[task]]
         if missing and os.path.isdir(dataset_dir):
             for state in _first_steps(dataset_dir, missing):
                 found[state.task].append(state)
     empty = [task for task, states in found.items() if not states]
     if empty:
         raise FileNotFoundError(
-            f"imagine: no episode of task(s) {empty} to start from in {candidates}; run the "
+            f"imagine: no episode of task(s) {empty} to start from in {list(candidates)}; run the "
             "collect phase first"
         )
     return found

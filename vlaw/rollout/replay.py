@@ -8,7 +8,7 @@ those actions do in the simulator; the station's label becomes the synthetic epi
 Without a simulator (`sim.enabled` False) or with `loop.imagine_sim_replay` False, synthetic
 `success` stays False, and a config that would take it for ground truth is refused.
 
-The simulator runs in `vlaw.sim.workers` processes (`real.task_pools`).
+The simulator runs in `vlaw.sim.workers` processes (`task_pools`).
 """
 
 import os
@@ -18,7 +18,8 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from vlaw.rollout import real
+from vlaw.data.atomic_json import read_json, write_json
+from vlaw.rollout.episodes import task_pools
 from vlaw.rollout.station import TaskSpec
 
 OUTCOMES_FILE = "replay.json"  # in the staging directory: episode id -> the simulator's label
@@ -43,7 +44,7 @@ def replay_in_simulator(
 ) -> Iterator[list[tuple[int, bool]]]:
     """Executes each 15 Hz action sequence (T, 8), one T for all, open loop from its spec's
     station reset; yields [(index into `specs`, the station's label)] per simulated batch."""
-    for pool, task_specs in real.task_pools(config, list(specs)):
+    for pool, task_specs in task_pools(config, list(specs)):
         indices = [i for i, spec in enumerate(specs) if spec.task == task_specs[0].task]
         for first in range(0, len(indices), pool.batch_size):
             part = indices[first : first + pool.batch_size]
@@ -67,12 +68,12 @@ def replayed_labels(
     rewritten after every simulated batch, so an interrupted replay resumes.
     `load_actions(id)` gives an episode's actions."""
     path = os.path.join(staging, OUTCOMES_FILE)
-    outcomes: dict[str, bool] = real.read_staged_json(path, default={})
+    outcomes: dict[str, bool] = read_json(path, default={})
     todo = [episode for episode in specs if episode not in outcomes]
     actions = [load_actions(episode) for episode in todo]
     with tqdm(total=len(todo), desc="replay", unit="episode", disable=not progress) as bar:
         for results in replay_in_simulator(config, [specs[e] for e in todo], actions):
             outcomes.update((todo[i], label) for i, label in results)
-            real.write_staged_json(path, outcomes)
+            write_json(path, outcomes)
             bar.update(len(results))
     return outcomes

@@ -155,3 +155,41 @@ def restore_params(
     finally:
         manager.close()
     return restored[STATE][key]
+
+
+def latest_step(directory: str | epath.Path) -> int | None:
+    """The newest committed step under `directory`, or None (also for a missing directory).
+
+    orbax commits a step by renaming `<step>.orbax-checkpoint-tmp-*` to `<step>`, so only
+    directories named by a bare number count: an interrupted save is not a checkpoint.
+    """
+    directory = epath.Path(directory)
+    if not directory.is_dir():
+        return None
+    steps = [int(p.name) for p in directory.iterdir() if p.name.isdigit() and p.is_dir()]
+    return max(steps) if steps else None
+
+
+def save_params(directory: str | epath.Path, step: int, params: Any, ckpt_config: Any) -> None:
+    """Writes `params` alone as checkpoint `step` under `directory`, in the layout the trainer
+    writes (`restore_params` and the runtime modules' loaders read it). For a model made
+    without the trainer: an imported or hand-built one, a test's."""
+    manager = make_manager(directory, ckpt_config)
+    try:
+        save(manager, step, {"params": params}, {})
+        manager.wait_until_finished()
+    finally:
+        manager.close()
+
+
+def restore_on_one_device(
+    directory: str | epath.Path, abstract_params: Any, *, key: str = "params"
+) -> Any:
+    """`restore_params` onto the first local device: what inference (a policy acting, a world
+    model imagining, a reward model scoring) loads. `abstract_params` gives shapes and dtypes
+    (ShapeDtypeStruct or array leaves)."""
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    target = jax.tree.map(
+        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_params
+    )
+    return restore_params(directory, target, key=key)

@@ -40,7 +40,7 @@ Facts from Robert-gyj/Ctrl-World @ 4c713d1 (`models/ctrl_world.py`, `models/pipe
 Pixel or latent space at tiny/sim size: the model is the same; the codec differs
 (`VAEConfig.pixel_codec`, parameter-free, vs a small VAE trained first). Pixel space gave the
 better held-out prediction PSNR per CPU-minute; the measurement and the residual option
-(`residual_scale`, not Ctrl-World's: off at paper) are in `vlaw.train.world_model_codec`'s
+(`residual_scale`, not Ctrl-World's: off at paper) are in `vlaw.agents.world_model_codec`'s
 docstring.
 """
 
@@ -98,7 +98,7 @@ class CtrlWorldConfig:
     # 0: Ctrl-World (the frames are diffused). > 0: every frame is diffused as
     # residual_scale * (frame - current frame), the condition channel keeping the current frame
     # itself; a model trained from scratch then starts from "nothing moves" instead of having
-    # to learn to copy the condition image (see `vlaw.train.world_model_codec`).
+    # to learn to copy the condition image (see `vlaw.agents.world_model_codec`).
     residual_scale: float = 0.0
     pose_low: tuple[float, ...] = DROID_POSE_P01
     pose_high: tuple[float, ...] = DROID_POSE_P99

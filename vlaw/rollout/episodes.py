@@ -1,26 +1,13 @@
-"""Rollouts on a Station (simulated or real) recorded as `Episode`s, and the `collect` phase.
+"""Rollouts on stations (simulated or real) recorded as `Episode`s, and their staging.
 
 `policy_episodes` drives any `StationBatch` with a policy that maps observations to action
 chunks, executing `open_loop_steps` actions of each chunk before asking again (openpi's DROID
-client: 8 of 10), and records each station's steps. `collect_phase` is Algorithm 1's data
-collection:
-
-  iteration 0, once: `loop.warmstart_demos_per_task` scripted-expert demonstrations per task
-                     -> <workdir>/demos (source "demo"; the paper's 25 per task, §5.1)
-  every iteration:   `loop.real_rollouts_per_task` rollouts per task, success-labelled by the
-                     station -> <workdir>/iter_XX/real (source "real")
-
-Who acts in the rollouts of iteration k: the policy that `train_policy` trained at iteration
-k - 1 (`<workdir>/checkpoints/policy/iter_{k-1}`, loaded by `vlaw.train.policy.load_policy`;
-its checkpoint path goes into each episode's `policy_checkpoint`). Iteration 0 runs before any
-policy training (Algorithm 1: collect, then train), so there, and at any later iteration whose
-previous policy checkpoint is missing (phases run out of order), the scripted expert at
-`sim.expert_noise` stands in for the base policy. Each episode is saved
+client: 8 of 10), and records each station's steps. `record_dataset` runs a list of episodes
+(scripted expert or policy) in simulator workers into one RLDS dataset: each episode is saved
 atomically the moment it ends (lossless npz in a staging directory beside the dataset), so an
-interrupted collect resumes the count on rerun; once all episodes exist the RLDS dataset is
-written atomically and the staging removed. A rerun skips datasets that already exist.
-TensorFlow is imported (through vlaw.data.rlds) only in this parent process, never in the
-rendering workers.
+interrupted run resumes the count on rerun; once all episodes exist the RLDS dataset is written
+atomically and the staging removed. TensorFlow is imported (through vlaw.data.rlds) only in
+this parent process, never in the rendering workers.
 """
 
 import collections
@@ -31,7 +18,6 @@ import os
 import shutil
 from collections.abc import Callable, Iterator, Sequence
 
-import ml_collections
 import numpy as np
 from absl import logging
 
@@ -46,24 +32,6 @@ from vlaw.rollout.station import (
 
 # observations of the B stations -> (B, T, 8) action chunks
 Policy = Callable[[Sequence[Observation]], np.ndarray]
-SEED_STREAMS = {"demo": 1, "real": 2, "evaluate": 3}
-
-
-def episode_seed(root_seed: int, stream: str, task: str, iteration: int, index: int) -> int:
-    """A layout seed per (stream, task, iteration, episode), distinct across all of them."""
-    task_key = sum(ord(c) * 31**i for i, c in enumerate(task)) % (2**31)
-    sequence = np.random.SeedSequence([root_seed, SEED_STREAMS[stream], task_key, iteration, index])
-    return int(sequence.generate_state(1)[0])
-
-
-def task_specs(
-    config: ml_collections.ConfigDict, stream: str, iteration: int, per_task: int
-) -> list[TaskSpec]:
-    return [
-        TaskSpec(task, episode_seed(config.seed, stream, task, iteration, i))
-        for task in config.tasks
-        for i in range(per_task)
-    ]
 
 
 def policy_episodes(
@@ -185,22 +153,6 @@ def save_staged_episode(directory: str, episode: Episode) -> str:
     return path
 
 
-def write_staged_json(path: str, payload: dict) -> None:
-    """Writes `payload` atomically (temp file, rename): a crash leaves the old file or the new."""
-    temp = f"{path}.tmp-{os.getpid()}"
-    with open(temp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(temp, path)
-
-
-def read_staged_json(path: str, default: dict) -> dict:
-    """What `write_staged_json` wrote at `path`, or `default` when nothing was written yet."""
-    if not os.path.exists(path):
-        return default
-    with open(path) as f:
-        return json.load(f)
-
-
 def load_staged_episode(path: str) -> Episode:
     with np.load(path) as stored:
         header = json.loads(str(stored["header"]))
@@ -214,7 +166,7 @@ def load_staged_episode(path: str) -> Episode:
 
 
 def _policy_stream(config, specs: list[TaskSpec], source: str, iteration: int, policy):
-    """Rollouts of a trained `policy` (a `vlaw.train.policy.TrainedPolicy`) task by task, the
+    """Rollouts of a trained `policy` (a `vlaw.agents.policy.TrainedPolicy`) task by task, the
     policy running here in the parent and the stations in simulator workers."""
     for pool, specs_for_task in task_pools(config, specs):
         yield from policy_episodes(
@@ -229,7 +181,7 @@ def _policy_stream(config, specs: list[TaskSpec], source: str, iteration: int, p
         )
 
 
-def _record(
+def record_dataset(
     config,
     dataset_dir: str,
     specs: list[TaskSpec],
@@ -245,7 +197,7 @@ def _record(
     (atomically, by vlaw.data.rlds) and the staging directory removed. `policy` None: the
     scripted expert acts.
     """
-    from vlaw.data import rlds  # imports TensorFlow: parent process only
+    from vlaw.data import rlds  # TensorFlow: this parent process only, never the sim workers
 
     staging = staging_dir(dataset_dir)
     staged = sorted(glob.glob(os.path.join(staging, "*.npz")))
@@ -289,54 +241,3 @@ def _record(
         "resumed_episodes": len(specs) - len(todo),
         "success_rate": rates,
     }
-
-
-def collect_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
-    """Algorithm 1's data collection (see the module docstring). Returns the summary."""
-    if not config.sim.enabled:
-        raise ValueError(
-            "collect on a real DROID station needs the robot controller (vlaw/robot), which "
-            "this build does not include; set config.sim.enabled=True to use the simulator"
-        )
-    from vlaw.pipeline import iteration_dir
-
-    summary: dict = {"policy": f"scripted_expert(noise={config.sim.expert_noise:g})"}
-    policy = _trained_policy(config, workdir, iteration)
-    if policy is not None:
-        summary["policy"] = "trained"
-        summary["policy_checkpoint"] = policy.checkpoint
-    demos_dir = os.path.join(workdir, "demos")
-    if iteration == 0:
-        if os.path.exists(demos_dir):
-            logging.info("collect: %s exists, keeping it", demos_dir)
-            summary["demos"] = {"dataset_dir": demos_dir, "skipped": True}
-        else:
-            specs = task_specs(config, "demo", 0, config.loop.warmstart_demos_per_task)
-            summary["demos"] = _record(config, demos_dir, specs, "demo", 0, "vlaw_demos")
-    real_dir = os.path.join(iteration_dir(workdir, iteration), "real")
-    if os.path.exists(real_dir):
-        logging.info("collect: %s exists, keeping it", real_dir)
-        summary["real"] = {"dataset_dir": real_dir, "skipped": True}
-    else:
-        specs = task_specs(config, "real", iteration, config.loop.real_rollouts_per_task)
-        summary["real"] = _record(
-            config, real_dir, specs, "real", iteration, "vlaw_real", policy=policy
-        )
-    return summary
-
-
-def _trained_policy(config, workdir: str, iteration: int):
-    """The policy `train_policy` trained at iteration - 1, or None (see the module docstring)."""
-    if iteration == 0:
-        return None
-    from vlaw.train import policy as policy_training  # JAX: only once a policy may exist
-
-    if not policy_training.has_policy_checkpoint(workdir, iteration - 1):
-        logging.warning(
-            "collect iter_%02d: no policy checkpoint from iteration %d; the scripted expert "
-            "acts instead",
-            iteration,
-            iteration - 1,
-        )
-        return None
-    return policy_training.load_policy(workdir, iteration - 1, seed=config.seed + iteration)

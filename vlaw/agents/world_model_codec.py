@@ -34,30 +34,29 @@ and 25.4 dB at 1500, against 24.4 dB for the copy (benchmarks/RESULTS.md has bot
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import time
 from collections.abc import Sequence
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlaw.data import mixture, windows
-from vlaw.models.world_model.vae import TemporalVAE, VAEConfig, encode_latents
-from vlaw.train.world_model_data import (
+from vlaw.agents.world_model import (
     VAE_SPEC_FILE,
     model_config,
-    phase_seed,
     pixel_size,
+    restore_vae,
     stack_frames,
-    vae_checkpoint_dir,
+    vae_init_fn,
     world_model_windows,
-    write_json,
 )
+from vlaw.data import mixture, windows
+from vlaw.data.atomic_json import read_json, write_json
+from vlaw.models.world_model.vae import TemporalVAE, encode_latents
+from vlaw.train import trainer
 
 # --------------------------------------------------------------------------------------------
 # The VAE: trained first at tiny/sim, imported at paper.
@@ -88,11 +87,6 @@ def vae_clips(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {"clips": np.moveaxis(chunk, 2, 1).reshape(b * v, f, *chunk.shape[3:])}
 
 
-def vae_init_fn(vae: TemporalVAE, image_size: tuple[int, int]):
-    # .get: the pixel codec has no parameters, and Flax then returns no "params" collection.
-    return lambda rng: vae.init(rng, jnp.zeros((1, *image_size, 3))).get("params", {})
-
-
 def _inverse_std(batches, values_of, num_batches: int = 4) -> float:
     """1 / std of `values_of(batch)` over the next `num_batches` batches: the scale that gives
     a diffused variable unit spread (EDM's sigma_data = 1)."""
@@ -113,22 +107,20 @@ def _measure_scaling_factor(vae, params, batches) -> float:
 
 def train_vae(
     config: ml_collections.ConfigDict,
-    workdir: str,
+    directory: str,
     sources: Sequence[mixture.Source],
     exclude: Sequence[tuple[str, int]],
     *,
+    seed: int,
     progress: bool = True,
 ) -> tuple[Any, dict]:
-    """Trains (or resumes, or finds finished) the tiny/sim VAE; returns (params, vae.json)."""
-    from vlaw.train import trainer
-
+    """Trains (or resumes, or finds finished) the tiny/sim VAE in `directory`; returns
+    (params, vae.json)."""
     w = config.world_model
-    directory = vae_checkpoint_dir(workdir)
     spec_path = os.path.join(directory, VAE_SPEC_FILE)
     model_cfg = model_config(config)
     vae = TemporalVAE(dataclasses.replace(model_cfg.vae, dtype=w.vae_train.compute_dtype))
     image_size = pixel_size(model_cfg)
-    seed = phase_seed(config, 0, salt=1)
     vae_train = ml_collections.ConfigDict(w.vae_train.to_dict())
     # vae_train.batch_size counts clips (one view's chunk); each window gives one per view.
     if int(vae_train.batch_size) % windows.NUM_VIEWS:
@@ -155,8 +147,7 @@ def train_vae(
         )
         params = jax.device_get(state.params)
         if os.path.exists(spec_path):
-            with open(spec_path) as f:
-                spec = json.load(f)
+            spec = read_json(spec_path)
         else:
             # Measured on batches the training run has not seen (the iterator has moved on).
             spec = {
@@ -171,33 +162,25 @@ def train_vae(
     return params, spec
 
 
-def load_vae_params(path: str, vae_cfg: VAEConfig, image_size) -> Any:
-    """The SVD VAE from a diffusers safetensors file or a Ctrl-World `.pt` (`vae.` prefix)."""
-    from vlaw.convert.ctrl_world import convert_vae, load_torch_state_dict
-
-    state_dict = load_torch_state_dict(path)
-    prefix = "vae." if any(k.startswith("vae.") for k in state_dict) else ""
-    return convert_vae(state_dict, vae_cfg, prefix=prefix)
-
-
 # --------------------------------------------------------------------------------------------
 # A run's codec: where it comes from, and its scales.
 
 
-def prepare_vae(config, workdir, sources, exclude, *, progress: bool) -> dict:
-    """The VAE's provenance and scaling factor; trains it first at tiny/sim when needed."""
+def prepare_vae(config, vae_directory: str, sources, exclude, *, seed: int, progress: bool) -> dict:
+    """The VAE's provenance and scaling factor; trains it first (into `vae_directory`, with
+    `seed`) at tiny/sim when needed."""
     w = config.world_model
     if w.space == "pixel":
-        return _pixel_codec_source(config, sources, exclude)
+        return _pixel_codec_source(config, sources, exclude, seed=seed)
     if w.vae_init_from:
         return {"kind": "import", "path": str(w.vae_init_from), "scaling_factor": None}
     if w.variant == "paper":
         return {"kind": "ctrl_world_checkpoint", "path": "", "scaling_factor": None}
     start = time.time()
-    _, spec = train_vae(config, workdir, sources, exclude, progress=progress)
+    _, spec = train_vae(config, vae_directory, sources, exclude, seed=seed, progress=progress)
     return {
         "kind": "trained",
-        "path": vae_checkpoint_dir(workdir),
+        "path": vae_directory,
         "scaling_factor": spec["scaling_factor"],
         "seconds": round(time.time() - start, 2),
         "final_loss": spec["final"].get("loss"),
@@ -205,7 +188,7 @@ def prepare_vae(config, workdir, sources, exclude, *, progress: bool) -> dict:
     }
 
 
-def _pixel_codec_source(config, sources, exclude) -> dict:
+def _pixel_codec_source(config, sources, exclude, *, seed: int) -> dict:
     """Pixel space: nothing to train; the scaling factor is 1/std of the training pixels, so
     EDM's sigma_data = 1 holds as it does for a VAE's latents."""
     model_cfg = model_config(config)
@@ -214,7 +197,7 @@ def _pixel_codec_source(config, sources, exclude) -> dict:
         config,
         sources,
         batch_size=max(1, int(config.world_model.vae_train.batch_size) // windows.NUM_VIEWS),
-        seed=phase_seed(config, 0, salt=1),
+        seed=seed,
         image_size=pixel_size(model_cfg),
         exclude=exclude,
     )
@@ -225,7 +208,9 @@ def _pixel_codec_source(config, sources, exclude) -> dict:
     return {"kind": "pixels", "path": "", "scaling_factor": scale}
 
 
-def measure_residual_scale(config, vae_source, scaling_factor, sources, exclude) -> float:
+def measure_residual_scale(
+    config, vae_source, scaling_factor, sources, exclude, *, seed: int
+) -> float:
     """1 / std of (frame - current frame) in diffusion units over a few training batches, so
     the residuals, like the frames, have unit scale (EDM's sigma_data = 1)."""
     if vae_source["kind"] not in ("pixels", "trained"):
@@ -250,7 +235,7 @@ def measure_residual_scale(config, vae_source, scaling_factor, sources, exclude)
         config,
         sources,
         batch_size=4,
-        seed=phase_seed(config, 0, salt=3),
+        seed=seed,
         image_size=image_size,
         exclude=exclude,
     )
@@ -258,24 +243,3 @@ def measure_residual_scale(config, vae_source, scaling_factor, sources, exclude)
         return _inverse_std(batches, residuals)
     finally:
         batches.close()
-
-
-# --------------------------------------------------------------------------------------------
-# Restoring checkpoints on one device.
-
-
-def restore_on_one_device(directory: str, init_fn, *, key: str = "params") -> Any:
-    """The newest checkpoint's `params` (or `ema_params`) under `directory`, on the default
-    device."""
-    from vlaw.train import checkpoints
-
-    abstract = jax.eval_shape(lambda: nn.unbox(init_fn(jax.random.key(0))))
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-    target = jax.tree.map(
-        lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract
-    )
-    return checkpoints.restore_params(directory, target, key=key)
-
-
-def restore_vae(directory: str, vae: TemporalVAE, image_size) -> Any:
-    return jax.device_get(restore_on_one_device(directory, vae_init_fn(vae, image_size)))

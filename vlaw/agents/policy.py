@@ -1,26 +1,18 @@
-"""The `train_policy` phase: pi0.5 on D_real+ and D_syn+ with Eq. 4's binary weights, and the
-trained policy loaded back as a callable for `vlaw.rollout.real.policy_episodes`.
+"""pi0.5 as an experiment configures it: tokenizer, model config, the trainer's init, loss and
+batch preparation, a trained checkpoint directory and its loading as a callable policy.
 
-At iteration k the policy trains on the union of `<workdir>/demos`, every
-`<workdir>/iter_{0..k}/real` and every `<workdir>/iter_{0..k}/synthetic` that exists. Each
-example carries its episode's weight (Eq. 4): the station's `success` label for demos and real
-rollouts, the reward model's `kept` decision (P("yes") > alpha, Eq. 3) for synthetic ones;
-failures weigh 0, so they cost compute but contribute no gradient.
-
-Starting point, in order: the previous iteration's policy checkpoint; else
-`policy.train.init_from` (an openpi checkpoint directory holding `params/`, or a vlaw run's
-checkpoint directory); else a fresh initialisation. Resume (the same iteration interrupted) is
-separate and always wins: the trainer restores the newest checkpoint of the iteration's own
-directory, with its data position.
-
-Everything a checkpoint needs to act is written beside it, so `load_policy` reads one
-directory, `<workdir>/checkpoints/policy/iter_NN/`:
+A trained policy is one directory (the workdir puts iteration k's at
+`checkpoints/policy/iter_NN/`), everything it needs to act beside its orbax steps:
 
   <step>/             orbax TrainState + data position (vlaw.train.trainer)
   metrics.jsonl       the loss curve
   norm_stats.json     openpi's layout; quantile normalisation of state and actions
   tokenizer.model     the SentencePiece model of the prompt
   policy.json         the model preset and its overrides, camera slots, provenance
+
+`prepare_checkpoint_dir` writes the last three before the first step (once per directory, so a
+resumed run sees exactly the preprocessing it started with), `TrainedPolicy` / `load_policy`
+read the directory back, and `save_policy` writes a complete one from parameters in hand.
 
 Norm stats are computed from the training data the first time a policy is trained (or taken
 from the openpi checkpoint it starts from) and carried forward from iteration to iteration, so
@@ -29,19 +21,17 @@ a fine-tuned model keeps the input and output scales it was trained with.
 Tokenizer: with `policy.tokenizer_path` set (paper: PaliGemma's SentencePiece model) that model
 is used and the preset's vocabulary (PaliGemma's 257 152, so openpi checkpoints load) kept. Left
 empty (tiny, sim), a small SentencePiece model is trained once, deterministically, on the task
-instructions found in the data and on every state-bin string, saved to
-`<workdir>/assets/tokenizer.model`, and the model's vocabulary is set to that tokenizer's size
-(`policy.tokenizer_vocab_size`, 512 by default, instead of 257 152: the sim preset's
-embedding then shrinks from 66M to 0.1M parameters).
+instructions found in the data and on every state-bin string, saved to the run's assets, and
+the model's vocabulary is set to that tokenizer's size (`policy.tokenizer_vocab_size`, 512 by
+default, instead of 257 152: the sim preset's embedding then shrinks from 66M to 0.1M
+parameters).
 """
 
 import dataclasses
 import functools
-import glob
-import json
 import os
 import shutil
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -53,9 +43,11 @@ from absl import logging
 
 from vlaw.data import droid, rlds, transforms, windows
 from vlaw.data import norm_stats as norm_stats_lib
+from vlaw.data.atomic_json import read_json, write_json
+from vlaw.losses import flow_matching_loss
 from vlaw.models.policy import pi05
 from vlaw.models.policy.tokenizer import NUM_STATE_BINS, PaligemmaTokenizer, clean_prompt
-from vlaw.train import checkpoints, optim, trainer
+from vlaw.train import checkpoints, optim
 
 # Camera -> pi0.5 image slot, openpi's DROID mapping: base_0_rgb = exterior 1, left_wrist_0_rgb
 # = the wrist camera; openpi leaves the third slot (right_wrist_0_rgb) empty for DROID, here it
@@ -65,35 +57,17 @@ _SLOT_INDEX = np.array([droid.CAMERA_NAMES.index(name) for name in CAMERA_SLOTS]
 SPEC_FILE, NORM_STATS_FILE, TOKENIZER_FILE = "policy.json", "norm_stats.json", "tokenizer.model"
 
 
-def policy_checkpoint_dir(workdir: str, iteration: int) -> str:
-    return os.path.join(workdir, "checkpoints", "policy", f"iter_{iteration:02d}")
-
-
-def has_policy_checkpoint(workdir: str, iteration: int) -> bool:
-    """True once iteration's training has saved a checkpoint and its spec (loadable)."""
-    directory = policy_checkpoint_dir(workdir, iteration)
+def is_trained(directory: str) -> bool:
+    """True once `directory` holds a committed checkpoint and the spec (a loadable policy)."""
     return (
-        os.path.exists(os.path.join(directory, SPEC_FILE)) and _latest_step(directory) is not None
+        os.path.exists(os.path.join(directory, SPEC_FILE))
+        and checkpoints.latest_step(directory) is not None
     )
 
 
-def _latest_step(directory: str) -> int | None:
-    """The newest committed orbax step (its temporary `<step>.orbax-checkpoint-tmp-*` skipped)."""
-    names = [os.path.basename(p) for p in glob.glob(os.path.join(directory, "[0-9]*"))]
-    steps = [int(n) for n in names if n.isdigit() and os.path.isdir(os.path.join(directory, n))]
-    return max(steps) if steps else None
-
-
-def training_dataset_dirs(workdir: str, iteration: int) -> list[str]:
-    """demos, then iter_00/real, iter_00/synthetic, ..., iter_k/synthetic: those that exist."""
-    from vlaw.pipeline import iteration_dir
-
-    candidates = [os.path.join(workdir, "demos")]
-    for i in range(iteration + 1):
-        candidates += [
-            os.path.join(iteration_dir(workdir, i), kind) for kind in ("real", "synthetic")
-        ]
-    return [d for d in candidates if os.path.isdir(d)]
+def is_openpi_checkpoint(path: str) -> bool:
+    """An openpi checkpoint directory (`params/`, no orbax steps of a vlaw run)."""
+    return os.path.isdir(os.path.join(path, "params")) and checkpoints.latest_step(path) is None
 
 
 def weighted_policy_batches(
@@ -189,9 +163,10 @@ def train_small_tokenizer(path: str, instructions: Sequence[str], vocab_size: in
 
 
 def tokenizer_path_for(
-    config: ml_collections.ConfigDict, workdir: str, instructions: Sequence[str]
+    config: ml_collections.ConfigDict, assets_dir: str, instructions: Sequence[str]
 ) -> str:
-    """`policy.tokenizer_path`, or the run's own small model (trained here the first time)."""
+    """`policy.tokenizer_path`, or the run's own small model in `assets_dir` (trained there the
+    first time)."""
     if config.policy.tokenizer_path:
         return config.policy.tokenizer_path
     if config.policy.variant == "paper":
@@ -199,7 +174,7 @@ def tokenizer_path_for(
             "the paper preset needs PaliGemma's SentencePiece model: set "
             "--config.policy.tokenizer_path=/path/to/paligemma_tokenizer.model"
         )
-    path = os.path.join(workdir, "assets", TOKENIZER_FILE)
+    path = os.path.join(assets_dir, TOKENIZER_FILE)
     if not os.path.exists(path):
         train_small_tokenizer(path, instructions, config.policy.tokenizer_vocab_size)
         logging.info("train_policy: trained a SentencePiece model for the prompts: %s", path)
@@ -282,8 +257,6 @@ def device_observation(
 
 def make_loss_fn(model: pi05.Pi05):
     """(params, batch, rng) -> (loss, metrics): Eq. 4 on the masters cast to compute dtype."""
-    from vlaw.losses import flow_matching_loss
-
     config = model.config
 
     def loss_fn(params, batch, rng):
@@ -301,49 +274,41 @@ def make_loss_fn(model: pi05.Pi05):
 
 
 # --------------------------------------------------------------------------------------------
-# The phase.
+# A checkpoint directory: prepared before training, its starting weights.
 
 
-def _seed(config, iteration: int) -> int:
-    # A seed per (run, phase, iteration): iterations draw different noise and data orders.
-    return int(np.random.SeedSequence([int(config.seed), 4, iteration]).generate_state(1)[0] >> 1)
-
-
-def _write_json(path: str, payload: dict) -> None:
-    temp = f"{path}.tmp-{os.getpid()}"
-    with open(temp, "w") as f:
-        json.dump(payload, f, indent=2, sort_keys=True)
-    os.replace(temp, path)
-
-
-def _is_openpi_checkpoint(path: str) -> bool:
-    return os.path.isdir(os.path.join(path, "params")) and _latest_step(path) is None
-
-
-def _prepare(
-    config, workdir: str, iteration: int, dataset_dirs: list[str], data: DataSummary
+def prepare_checkpoint_dir(
+    config: ml_collections.ConfigDict,
+    directory: str,
+    *,
+    start_kind: str,
+    start_path: str,
+    assets_dir: str,
+    dataset_dirs: Sequence[str],
+    instructions: Sequence[str],
+    iteration: int,
 ) -> dict:
-    """Writes tokenizer, norm stats and policy.json beside the checkpoint (once per iteration:
-    a resumed run reuses them, so it sees exactly the preprocessing it started with)."""
-    ckpt_dir = policy_checkpoint_dir(workdir, iteration)
-    spec_path = os.path.join(ckpt_dir, SPEC_FILE)
-    if os.path.exists(spec_path):
-        with open(spec_path) as f:
-            return json.load(f)
-    os.makedirs(ckpt_dir, exist_ok=True)
-    previous = policy_checkpoint_dir(workdir, iteration - 1) if iteration > 0 else ""
-    init_from = str(config.policy.train.init_from or "")
-    if previous and has_policy_checkpoint(workdir, iteration - 1):
-        init = {"kind": "previous_iteration", "path": previous}
-    elif init_from:
-        kind = "openpi" if _is_openpi_checkpoint(init_from) else "vlaw"
-        init = {"kind": kind, "path": init_from}
-    else:
-        init = {"kind": "scratch", "path": ""}
+    """Writes tokenizer, norm stats and policy.json into `directory` and returns the spec.
+
+    Written once: a directory that already holds a checkpoint step keeps its files, so a
+    resumed run sees exactly the preprocessing it started with. A spec without any step (the
+    run failed before its first save, e.g. at a bad `init_from`) is prepared again from the
+    current config, so fixing the config is enough to recover.
+
+    `start_kind`/`start_path`: where the weights come from (`vlaw.workdir.Start`);
+    "init_from" is resolved here to "openpi" or "vlaw" by what the directory holds.
+    """
+    spec_path = os.path.join(directory, SPEC_FILE)
+    if os.path.exists(spec_path) and checkpoints.latest_step(directory) is not None:
+        return read_json(spec_path)
+    os.makedirs(directory, exist_ok=True)
+    if start_kind == "init_from":
+        start_kind = "openpi" if is_openpi_checkpoint(start_path) else "vlaw"
+    init = {"kind": start_kind, "path": start_path}
 
     # A vlaw policy checkpoint we start from brings its tokenizer (whose ids its embedding
     # was trained on) and its norm stats (the scales its inputs and outputs were trained at).
-    carry_from = init["path"] if init["kind"] in ("previous_iteration", "vlaw") else ""
+    carry_from = start_path if start_kind in ("previous_iteration", "vlaw") else ""
 
     def carried(name: str) -> bool:
         return bool(carry_from) and os.path.exists(os.path.join(carry_from, name))
@@ -351,29 +316,29 @@ def _prepare(
     if carried(TOKENIZER_FILE):
         tokenizer_source = os.path.join(carry_from, TOKENIZER_FILE)
     else:
-        tokenizer_source = tokenizer_path_for(config, workdir, data.instructions)
-    shutil.copyfile(tokenizer_source, os.path.join(ckpt_dir, TOKENIZER_FILE))
+        tokenizer_source = tokenizer_path_for(config, assets_dir, instructions)
+    shutil.copyfile(tokenizer_source, os.path.join(directory, TOKENIZER_FILE))
 
-    stats_path = os.path.join(ckpt_dir, NORM_STATS_FILE)
+    stats_path = os.path.join(directory, NORM_STATS_FILE)
     openpi_stats = os.path.join(
-        init_from, "assets", str(config.policy.openpi_asset_id), NORM_STATS_FILE
+        start_path, "assets", str(config.policy.openpi_asset_id), NORM_STATS_FILE
     )
     if carried(NORM_STATS_FILE):
         stats_origin = os.path.join(carry_from, NORM_STATS_FILE)
         stats = norm_stats_lib.load_norm_stats(stats_origin)
-    elif init["kind"] == "openpi" and os.path.exists(openpi_stats):
-        from vlaw.convert.openpi import load_norm_stats
+    elif start_kind == "openpi" and os.path.exists(openpi_stats):
+        from vlaw.convert.openpi import load_norm_stats  # torch-free, but only for openpi runs
 
         stats, stats_origin = load_norm_stats(openpi_stats), openpi_stats
     else:
         stats = norm_stats_lib.compute_norm_stats(
-            dataset_dirs, skip_corrupt=config.data.skip_corrupt
+            list(dataset_dirs), skip_corrupt=config.data.skip_corrupt
         )
         stats_origin = "computed from the training data"
     norm_stats_lib.save_norm_stats(stats_path, {k: stats[k] for k in ("state", "actions")})
 
     tokenizer = PaligemmaTokenizer(
-        os.path.join(ckpt_dir, TOKENIZER_FILE), config.policy.max_token_len
+        os.path.join(directory, TOKENIZER_FILE), config.policy.max_token_len
     )
     spec = {
         "variant": str(config.policy.variant),
@@ -385,102 +350,56 @@ def _prepare(
         "dataset_dirs": list(dataset_dirs),
         "open_loop_steps": int(config.policy.open_loop_steps),
     }
-    _write_json(spec_path, spec)  # last: its presence means "prepared"
+    write_json(spec_path, spec)  # last: its presence means "prepared"
     return spec
 
 
-def train_policy_phase(
-    config: ml_collections.ConfigDict,
-    workdir: str,
-    iteration: int,
-    *,
-    stop_at_step: int | None = None,
-    progress: bool = True,
-) -> dict:
-    """Algorithm 1's policy update (see the module docstring). Returns the summary.
+def model_config_from_spec(spec: dict) -> pi05.Pi05Config:
+    return pi05.pi05_config(spec["variant"], **spec["overrides"])
 
-    `stop_at_step` ends the call early with a checkpoint, as a preemption would (tests,
-    time-limited jobs); calling again resumes exactly.
-    """
-    dataset_dirs = training_dataset_dirs(workdir, iteration)
-    if not dataset_dirs:
-        raise FileNotFoundError(
-            f"train_policy: no dataset under {workdir} (demos, iter_NN/real, iter_NN/synthetic); "
-            "run the collect phase first"
-        )
-    data = scan_episodes(dataset_dirs, config.data.skip_corrupt)
-    if data.weighted_episodes == 0:
-        logging.warning(
-            "train_policy: none of the %d episodes succeeded (or was kept): every example has "
-            "weight 0 (Eq. 4), so the policy will not change",
-            data.num_episodes,
-        )
-    spec = _prepare(config, workdir, iteration, dataset_dirs, data)
-    ckpt_dir = policy_checkpoint_dir(workdir, iteration)
-    model_config = pi05.pi05_config(spec["variant"], **spec["overrides"])
-    model = pi05.Pi05(model_config)
-    preprocessor = Preprocessor(
-        PaligemmaTokenizer(os.path.join(ckpt_dir, TOKENIZER_FILE), model_config.max_token_len),
-        norm_stats_lib.load_norm_stats(os.path.join(ckpt_dir, NORM_STATS_FILE)),
+
+def preprocessor_for(directory: str, model_config: pi05.Pi05Config) -> "Preprocessor":
+    """The host preprocessing a prepared (or trained) directory's files describe."""
+    return Preprocessor(
+        PaligemmaTokenizer(os.path.join(directory, TOKENIZER_FILE), model_config.max_token_len),
+        norm_stats_lib.load_norm_stats(os.path.join(directory, NORM_STATS_FILE)),
         model_config.action_dim,
     )
-    train_config = ml_collections.ConfigDict(config.policy.train.to_dict())
-    init_params = None
-    init = spec["init"]
-    if init["kind"] in ("previous_iteration", "vlaw"):
-        train_config.init_from = init["path"]  # the trainer reads only its `params`
-    elif init["kind"] == "openpi":
-        from vlaw.convert.openpi import load_openpi_checkpoint
 
-        train_config.init_from = ""
-        if _latest_step(ckpt_dir) is None:  # not needed when resuming
-            init_params = load_openpi_checkpoint(init["path"], model_config)[0]["params"]
-    else:
-        train_config.init_from = ""
-    seed = _seed(config, iteration)
-    # A shuffle buffer larger than the data only mixes epochs, and fills slowly: reading the
-    # tiny preset's 120 steps 17 times over before the first batch of a 2000-step buffer.
-    buffer = min(int(config.data.shuffle_buffer), data.num_steps)
-    batches = weighted_policy_batches(config, dataset_dirs, seed, shuffle_buffer=buffer)
-    try:
-        state = trainer.train(
-            train_config,
-            config.ckpt,
-            config.mesh,
-            workdir=ckpt_dir,
-            init_fn=lambda rng: pi05.init_params(model_config, rng)["params"],
-            loss_fn=make_loss_fn(model),
-            batches=batches,
-            host_fn=preprocessor.host_batch,
-            init_params=init_params,
-            seed=seed,
-            progress=progress,
-            stop_at_step=stop_at_step,
-        )
-    finally:
-        batches.close()
-    curve = trainer.read_metrics(ckpt_dir)
-    step = int(jax.device_get(state.step))
-    summary = {
-        "checkpoint": ckpt_dir,
-        "step": step,
-        "init": init["kind"],
-        "init_path": init["path"],
-        "dataset_dirs": dataset_dirs,
-        "norm_stats": spec["norm_stats_origin"],
-        "num_episodes": data.num_episodes,
-        "num_steps": data.num_steps,
-        "weighted_episodes": data.weighted_episodes,
-        "weighted_steps": data.weighted_steps,
-        "nonfinite_count": int(jax.device_get(state.nonfinite_count)),
-    }
-    if curve:
-        summary["first_loss"] = curve[0]["loss"]
-        summary["final_loss"] = curve[-1]["loss"]
-        summary["mean_weight"] = float(np.mean([m["weight_sum"] for m in curve]))
-        summary["mean_weight"] /= int(config.policy.train.batch_size)
-    logging.info("train_policy %s: %s", f"iter_{iteration:02d}", summary)
-    return summary
+
+def initial_params(spec: dict, model_config: pi05.Pi05Config) -> Callable[[Any], Any] | None:
+    """The trainer's `initial_params` for the spec's starting point: a vlaw checkpoint's
+    `params` restored straight into the target shardings, openpi's converted, or None (a
+    fresh initialisation)."""
+    kind, path = spec["init"]["kind"], spec["init"]["path"]
+    if kind in ("previous_iteration", "vlaw"):
+        return lambda target: checkpoints.restore_params(path, target)
+    if kind == "openpi":
+
+        def from_openpi(target):
+            del target  # the trainer checks the shapes and places the host arrays
+            from vlaw.convert.openpi import load_openpi_checkpoint
+
+            return load_openpi_checkpoint(path, model_config)[0]["params"]
+
+        return from_openpi
+    return None
+
+
+def save_policy(
+    directory: str,
+    params: Any,
+    *,
+    spec: dict,
+    step: int,
+    ckpt_config: ml_collections.ConfigDict,
+) -> None:
+    """Writes `params` as checkpoint `step` of a prepared `directory` (its tokenizer, norm stats
+    and spec already there), loadable by `TrainedPolicy`. For tools and tests that make a
+    policy without the trainer; the trainer's own checkpoints hold the whole TrainState."""
+    if not os.path.exists(os.path.join(directory, SPEC_FILE)):
+        write_json(os.path.join(directory, SPEC_FILE), spec)
+    checkpoints.save_params(directory, step, params, ckpt_config)
 
 
 # --------------------------------------------------------------------------------------------
@@ -499,7 +418,7 @@ def _sample(model: pi05.Pi05, params, images, tokens, token_mask, rng) -> jax.Ar
 
 
 class TrainedPolicy:
-    """A trained checkpoint as `vlaw.rollout.real.Policy`: observations -> (B, H, 8) actions.
+    """A trained checkpoint as `vlaw.rollout.episodes.Policy`: observations -> (B, H, 8) actions.
 
     Joint velocities come out in [-1, 1] and the gripper position in [0, 1]: the unnormalised
     samples are clipped to the station's action space (a sample outside it is a command the
@@ -511,29 +430,18 @@ class TrainedPolicy:
     """
 
     def __init__(self, checkpoint_dir: str, *, seed: int = 0):
-        with open(os.path.join(checkpoint_dir, SPEC_FILE)) as f:
-            spec = json.load(f)
-        step = _latest_step(checkpoint_dir)
+        spec = read_json(os.path.join(checkpoint_dir, SPEC_FILE))
+        step = checkpoints.latest_step(checkpoint_dir)
         if step is None:
             raise FileNotFoundError(f"no policy checkpoint step under {checkpoint_dir}")
         self.checkpoint = os.path.join(os.path.abspath(checkpoint_dir), str(step))
-        self.config = pi05.pi05_config(spec["variant"], **spec["overrides"])
+        self.config = model_config_from_spec(spec)
         self.model = pi05.Pi05(self.config)
         self.camera_slots = tuple(spec["camera_slots"])
         self.open_loop_steps = int(spec.get("open_loop_steps", 8))
-        self.preprocessor = Preprocessor(
-            PaligemmaTokenizer(
-                os.path.join(checkpoint_dir, TOKENIZER_FILE), self.config.max_token_len
-            ),
-            norm_stats_lib.load_norm_stats(os.path.join(checkpoint_dir, NORM_STATS_FILE)),
-            self.config.action_dim,
-        )
-        device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-        abstract = jax.tree.map(
-            lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
-            nn.unbox(pi05.abstract_params(self.config))["params"],
-        )
-        self.params = {"params": checkpoints.restore_params(checkpoint_dir, abstract)}
+        self.preprocessor = preprocessor_for(checkpoint_dir, self.config)
+        abstract = nn.unbox(pi05.abstract_params(self.config))["params"]
+        self.params = {"params": checkpoints.restore_on_one_device(checkpoint_dir, abstract)}
         self._rng = jax.random.PRNGKey(seed)
         self._calls = 0
 
@@ -563,6 +471,12 @@ class TrainedPolicy:
         return actions.astype(np.float32)
 
 
-def load_policy(workdir: str, iteration: int, *, seed: int = 0) -> TrainedPolicy:
-    """The policy trained at `iteration` (its newest checkpoint), ready for `policy_episodes`."""
-    return TrainedPolicy(policy_checkpoint_dir(workdir, iteration), seed=seed)
+def load_policy(checkpoint_dir: str, *, seed: int = 0) -> TrainedPolicy:
+    """The policy trained into `checkpoint_dir` (its newest checkpoint), ready for
+    `vlaw.rollout.episodes.policy_episodes`; a FileNotFoundError says what is missing."""
+    if not os.path.exists(os.path.join(checkpoint_dir, SPEC_FILE)):
+        raise FileNotFoundError(
+            f"{checkpoint_dir} holds no {SPEC_FILE}: not a vlaw policy checkpoint directory "
+            "(run the train_policy phase, or point at a directory it wrote)"
+        )
+    return TrainedPolicy(checkpoint_dir, seed=seed)

@@ -1,4 +1,4 @@
-"""The held-out prediction check of the `train_world_model` phase.
+"""The world model's held-out prediction check (run by the `train_world_model` phase).
 
 Check. After training, one chunk is predicted for `eval_windows` windows of the held-out
 episodes (history and current frame given, `predict` with the config's sampler) and decoded;
@@ -15,10 +15,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlaw.agents.world_model import HISTORY_SPACING
 from vlaw.data import droid, rlds, transforms
 from vlaw.models.world_model import ctrl_world as cw
 from vlaw.models.world_model.vae import TemporalVAE, encode_latents
-from vlaw.train.world_model_data import HISTORY_SPACING
 
 
 def psnr(prediction: np.ndarray, target: np.ndarray) -> float:

@@ -1,0 +1,138 @@
+"""The `label` phase: the reward model scores rollouts, and the score decides what is kept.
+
+    label_phase(config, workdir, iteration)
+
+Algorithm 1, line "label D_syn": every episode of the datasets named by
+`reward.label_dataset_dirs` (default `iter_{k}/synthetic`, written by `imagine`) is scored with
+P(first answer token = "yes") over 16 uniformly sampled frames of `reward.camera`, and its
+metadata gets `reward_score = P(yes)` and `kept = P(yes) > alpha` (Eq. 3, alpha = 0.8).
+
+Writing back is lossless and atomic: each shard's records are re-serialized with only the two
+metadata features changed (no JPEG is decoded and re-encoded, so no image loses quality) into a
+temp sibling directory, which then replaces the dataset by two renames (old -> backup,
+temp -> old; the backup is then removed). A crash between the renames leaves the backup
+`.<name>.label-backup-*` beside the missing dataset, complete.
+
+Where an episode's success is known (`reward.known_label_sources`: real rollouts and demos
+labelled by the station, DROID's path labels, and synthetic episodes when `imagine` stores the
+simulator's replayed outcome), the summary holds the confusion matrix at alpha and at the raw
+argmax decision P(yes) > P(no): the paper's Table 3 comparison.
+
+The scoring itself is `vlaw.agents.reward.score_episodes` (the `train_reward` phase reports
+train accuracy with it).
+"""
+
+import os
+import shutil
+import time
+import uuid
+
+import ml_collections
+from absl import logging
+
+from vlaw import workdir as workdir_lib
+from vlaw.agents import reward as reward_agent
+from vlaw.data import rlds
+from vlaw.data.tensorflow_cpu import import_tensorflow
+from vlaw.eval.confusion import confusion_report
+
+SCORE_FIELD = "episode_metadata/reward_score"
+KEPT_FIELD = "episode_metadata/kept"
+
+
+def write_scores(dataset_dir: str, scores: dict[tuple[str, int], tuple[float, bool]]) -> None:
+    """Rewrites `dataset_dir` with `reward_score` and `kept` set for every episode, losslessly
+    and atomically (see the module docstring). `scores` maps (shard path, record index) ->
+    (score, kept) and must cover every record."""
+    tf = import_tensorflow()
+    layout = rlds.open_dataset(dataset_dir)
+    for field in (SCORE_FIELD, KEPT_FIELD):
+        if field not in layout.fields:
+            raise rlds.DataError(
+                f"{dataset_dir}/features.json", field, "missing: not a vlaw dataset"
+            )
+    dataset_dir = os.path.abspath(layout.dataset_dir)
+    parent, name = os.path.split(dataset_dir)
+    temp_dir = os.path.join(parent, f".{name}.label-tmp-{uuid.uuid4().hex}")
+    backup_dir = os.path.join(parent, f".{name}.label-backup-{uuid.uuid4().hex}")
+    shard_names = {os.path.basename(p) for p in layout.shard_paths}
+    os.makedirs(temp_dir)
+    try:
+        for entry in os.listdir(dataset_dir):
+            if entry not in shard_names:
+                shutil.copy2(os.path.join(dataset_dir, entry), os.path.join(temp_dir, entry))
+        written = 0
+        for shard_path in layout.shard_paths:
+            target = os.path.join(temp_dir, os.path.basename(shard_path))
+            with tf.io.TFRecordWriter(target) as writer:
+                for index, serialized in enumerate(rlds._silenced_tf_record_iterator(shard_path)):
+                    key = (shard_path, index)
+                    if key not in scores:
+                        raise KeyError(f"{shard_path} record {index}: no score for it")
+                    value, kept = scores[key]
+                    example = tf.train.Example.FromString(serialized)
+                    feature = example.features.feature
+                    feature[SCORE_FIELD].float_list.value[:] = [float(value)]
+                    feature[KEPT_FIELD].int64_list.value[:] = [int(bool(kept))]
+                    writer.write(example.SerializeToString())
+                    written += 1
+        if written != len(scores):
+            raise ValueError(f"{dataset_dir}: {written} records written, {len(scores)} scored")
+        os.rename(dataset_dir, backup_dir)
+        os.rename(temp_dir, dataset_dir)
+    except BaseException:
+        shutil.rmtree(temp_dir, ignore_errors=True)
+        raise
+    shutil.rmtree(backup_dir)
+
+
+def label_dataset_dirs(config: ml_collections.ConfigDict, workdir: str, iteration: int):
+    """`reward.label_dataset_dirs` formatted with the iteration, relative to the workdir."""
+    dirs = [
+        os.path.join(workdir, pattern.format(iteration=iteration))
+        for pattern in config.reward.label_dataset_dirs
+    ]
+    missing = [d for d in dirs if not os.path.isdir(d)]
+    if missing:
+        raise FileNotFoundError(
+            f"label: dataset dir(s) {missing} do not exist (reward.label_dataset_dirs="
+            f"{tuple(config.reward.label_dataset_dirs)}; the default iter_NN/synthetic is "
+            "written by the imagine phase)"
+        )
+    return dirs
+
+
+def label_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
+    """Scores, writes `reward_score` / `kept` back, reports confusion matrices. Summary dict."""
+    r = config.reward
+    dirs = label_dataset_dirs(config, workdir, iteration)
+    params, params_from = reward_agent.load_trained_params(
+        config, workdir_lib.checkpoint_dir(workdir, "reward")
+    )
+    model_cfg = reward_agent.model_config(config)
+    tokenizer = reward_agent.reward_tokenizer(config)
+    image_hw = rlds.open_dataset(dirs[0]).image_shape[:2]
+    length = reward_agent.prompt_length(tokenizer, model_cfg, image_hw, config)
+    start = time.perf_counter()
+    scores = reward_agent.score_episodes_for_config(
+        config, dirs, params=params, model_cfg=model_cfg, tokenizer=tokenizer, length=length
+    )
+    seconds = time.perf_counter() - start
+    kept = scores.p_yes > r.alpha
+    by_key = {k: (float(s), bool(x)) for k, s, x in zip(scores.keys, scores.p_yes, kept)}
+    for dataset_dir in dirs:
+        layout = rlds.open_dataset(dataset_dir)
+        shards = set(layout.shard_paths)
+        write_scores(dataset_dir, {k: v for k, v in by_key.items() if k[0] in shards})
+    report = confusion_report(scores, r.alpha, known_sources=tuple(r.known_label_sources))
+    logging.info("label: %d episodes, %d kept; confusion %s", len(scores), kept.sum(), report)
+    return {
+        "dataset_dirs": dirs,
+        "reward_params": params_from,
+        "alpha": float(r.alpha),
+        "num_episodes": len(scores),
+        "num_kept": int(kept.sum()),
+        "mean_score": float(scores.p_yes.mean()),
+        "confusion": report,
+        "episodes_per_s": len(scores) / seconds,
+    }

@@ -1,0 +1,114 @@
+"""Algorithm 1's reward-model update: Qwen3-VL fine-tuned on D_real's success labels
+(paper Appendix C).
+
+    train_reward_phase(config, workdir, iteration)
+
+The paper fine-tunes the reward model once, in the first iteration (200 steps at batch 128), as
+next-token prediction of a one-token answer ("yes" for a success, "no" otherwise;
+`vlaw.losses.yes_no_loss`) on 16 uniformly sampled frames of one camera. Here:
+
+- data: every real rollout so far, labelled by the station, and, when `reward.train_on_demos`,
+  the warm-start demonstrations (`vlaw.workdir.reward_training_dirs`). Demos are on by default
+  for tiny/sim, where they add labelled episodes to a handful of rollouts, and off for paper,
+  whose D_real is the policy's rollouts only;
+- weights: from scratch at tiny/sim, or `reward.train.init_from`: a Hugging Face
+  Qwen3-VL-4B-Instruct directory (config.json + safetensors, via `vlaw.convert.qwen3_vl`) or
+  another vlaw run's checkpoint directory;
+- tokenizer: `reward.tokenizer_path` (Qwen's, from a local directory), else the HF
+  `init_from` directory when it holds one, else (tiny/sim only) the small tokenizer built on
+  the fly;
+- after training, every training episode is scored once more and the summary reports the
+  train accuracy at alpha and at the argmax decision.
+
+Iterations after the first reuse that checkpoint (the paper does not retrain the reward model),
+so the phase returns at once for `iteration > 0`. The model as configured, its inputs and its
+scoring: `vlaw.agents.reward`.
+"""
+
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+from absl import logging
+
+from vlaw import workdir as workdir_lib
+from vlaw.agents import reward as reward_agent
+from vlaw.data import rlds, windows
+from vlaw.eval.confusion import confusion_report
+from vlaw.train import trainer
+
+
+def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
+    """Fine-tunes the reward model (iteration 0; later iterations keep it). Returns the summary."""
+    r = config.reward
+    directory = workdir_lib.checkpoint_dir(workdir, "reward")
+    if iteration > 0:
+        logging.info("train_reward: iteration %d keeps the reward model of iteration 0", iteration)
+        return {"trained": False, "checkpoint_dir": directory, "reason": "paper: iteration 0 only"}
+    dirs = workdir_lib.reward_training_dirs(
+        workdir, iteration, include_demos=bool(r.train_on_demos)
+    )
+    image_hw = rlds.open_dataset(dirs[0]).image_shape[:2]
+    model_cfg = reward_agent.model_config(config)
+    tokenizer = reward_agent.reward_tokenizer(config)
+    length = reward_agent.prompt_length(tokenizer, model_cfg, image_hw, config)
+    seed = workdir_lib.phase_seed(config.seed, "train_reward", iteration)
+
+    def host_fn(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        instructions = [s.decode("utf-8") for s in batch["instruction"]]
+        inputs = reward_agent.model_inputs(
+            tokenizer, list(batch["frames"]), instructions, model_cfg=model_cfg, length=length
+        )
+        return {**inputs, "label": batch["label"]}
+
+    data_hw = (config.data.image_height, config.data.image_width)
+    batches = windows.reward_batches(
+        dirs,
+        batch_size=windows.host_batch_size(r.train.batch_size),
+        num_frames=r.num_frames,
+        camera=r.camera,
+        seed=seed,
+        shuffle_buffer=max(1, config.data.shuffle_buffer // r.num_frames),
+        num_parallel_reads=config.data.num_parallel_reads,
+        image_size=data_hw,
+        skip_corrupt=config.data.skip_corrupt,
+    )
+    try:
+        state = trainer.train(
+            r.train,
+            config.ckpt,
+            config.mesh,
+            workdir=directory,
+            init_fn=reward_agent.init_fn_for(model_cfg),
+            loss_fn=reward_agent.make_loss_fn(model_cfg, tokenizer),
+            batches=batches,
+            host_fn=host_fn,
+            initial_params=reward_agent.initial_params(config),
+            seed=seed,
+            progress=r.progress,
+        )
+    finally:
+        batches.close()
+    step = int(jax.device_get(state.step))
+    logged = (trainer.read_metrics(directory) or [{}])[-1]
+    summary: dict[str, Any] = {
+        "trained": True,
+        "checkpoint_dir": directory,
+        "step": step,
+        "dataset_dirs": dirs,
+        "final_loss": logged.get("loss"),
+        "final_batch_accuracy": logged.get("accuracy"),  # argmax decision, last log window
+        "nonfinite_count": logged.get("nonfinite_count"),
+    }
+    del state
+    if r.evaluate_after_training:
+        params, _ = reward_agent.load_trained_params(config, directory)
+        scores = reward_agent.score_episodes_for_config(
+            config, dirs, params=params, model_cfg=model_cfg, tokenizer=tokenizer, length=length
+        )
+        report = confusion_report(scores, r.alpha, known_sources=tuple(r.known_label_sources))
+        summary["train_accuracy_alpha"] = report["alpha"]["accuracy"]
+        summary["train_accuracy_argmax"] = report["argmax"]["accuracy"]
+        summary["train_confusion"] = report
+    return summary

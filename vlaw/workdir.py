@@ -1,0 +1,203 @@
+"""The one owner of a run directory: where every artifact of every iteration lives, which
+datasets each phase reads, where each model starts, the phases' seeds, and atomic JSON.
+
+    workdir/
+      config.json                      the resolved configuration (launch.py)
+      state.json                       which phases of which iteration are done (pipeline)
+      demos/                           warm-start demonstrations (RLDS), once
+      iter_NN/real/                    `collect`'s rollouts of iteration NN (RLDS)
+      iter_NN/synthetic/               `imagine`'s rollouts, scored in place by `label`
+      checkpoints/policy/iter_NN/      `train_policy` (orbax steps + policy.json, ...)
+      checkpoints/world_model/iter_NN/ `train_world_model` (+ world_model.json, ...)
+      checkpoints/vae/                 the tiny/sim VAE (latent space only), trained once
+      checkpoints/reward/              `train_reward` (iteration 0; later ones reuse it)
+      assets/                          files a run makes once (the small policy tokenizer)
+      reports/iter_NN/                 `evaluate`'s metrics
+
+Phases read and write the run directory through this module only, so "which data, which
+weights, which seed for phase X at iteration k" has one answer, and its JSON files are written
+atomically (`write_json`, `read_json`). Nothing here imports JAX.
+"""
+
+import dataclasses
+import os
+from collections.abc import Callable, Sequence
+
+import numpy as np
+
+# The run directory's JSON files are written and read through these (atomic, named errors).
+from vlaw.data.atomic_json import JsonFileError, read_json, write_json  # noqa: F401
+
+DEMOS, REAL, SYNTHETIC = "demos", "real", "synthetic"
+MODELS = ("policy", "world_model", "reward", "vae")
+
+
+# --------------------------------------------------------------------------------------------
+# Paths.
+
+
+def iteration_dir(workdir: str, iteration: int) -> str:
+    return os.path.join(workdir, f"iter_{iteration:02d}")
+
+
+def demos_dir(workdir: str) -> str:
+    return os.path.join(workdir, DEMOS)
+
+
+def real_dir(workdir: str, iteration: int) -> str:
+    return os.path.join(iteration_dir(workdir, iteration), REAL)
+
+
+def synthetic_dir(workdir: str, iteration: int) -> str:
+    return os.path.join(iteration_dir(workdir, iteration), SYNTHETIC)
+
+
+def assets_dir(workdir: str) -> str:
+    return os.path.join(workdir, "assets")
+
+
+def reports_dir(workdir: str, iteration: int) -> str:
+    return os.path.join(workdir, "reports", f"iter_{iteration:02d}")
+
+
+def checkpoint_dir(workdir: str, model: str, iteration: int | None = None) -> str:
+    """`checkpoints/<model>/iter_NN` for the per-iteration models (policy, world model);
+    `checkpoints/<model>` for those a run trains once (reward, vae)."""
+    if model not in MODELS:
+        raise ValueError(f"unknown model {model!r}; one of {MODELS}")
+    base = os.path.join(workdir, "checkpoints", model)
+    if model in ("reward", "vae"):
+        return base
+    if iteration is None:
+        raise ValueError(f"the {model} has one checkpoint directory per iteration: pass it")
+    return os.path.join(base, f"iter_{iteration:02d}")
+
+
+# --------------------------------------------------------------------------------------------
+# Which datasets each phase reads at iteration k.
+
+
+def _existing(candidates: Sequence[str]) -> list[str]:
+    return [d for d in candidates if os.path.isdir(d)]
+
+
+def policy_training_dirs(workdir: str, iteration: int) -> list[str]:
+    """D_real+ and D_syn+ so far (Eq. 4 weighs each episode): demos, then iter_00/real,
+    iter_00/synthetic, ..., iter_k/synthetic; those that exist."""
+    candidates = [demos_dir(workdir)]
+    for i in range(iteration + 1):
+        candidates += [real_dir(workdir, i), synthetic_dir(workdir, i)]
+    return _existing(candidates)
+
+
+def world_model_training_dirs(workdir: str, iteration: int) -> list[str]:
+    """Every real transition so far, successes and failures alike: demos, then iter_00/real
+    ... iter_k/real; those that exist."""
+    candidates = [demos_dir(workdir)]
+    candidates += [real_dir(workdir, i) for i in range(iteration + 1)]
+    return _existing(candidates)
+
+
+def reward_training_dirs(workdir: str, iteration: int, *, include_demos: bool) -> list[str]:
+    """D_real's labelled episodes so far (iter_00/real ... iter_k/real), demos first when
+    `include_demos`; every one must exist."""
+    dirs = [real_dir(workdir, i) for i in range(iteration + 1)]
+    if include_demos:
+        dirs.insert(0, demos_dir(workdir))
+    missing = [d for d in dirs if not os.path.isdir(d)]
+    if missing:
+        raise FileNotFoundError(
+            f"train_reward needs labelled episodes; missing dataset dirs {missing} (run the "
+            "collect phase first)"
+        )
+    return dirs
+
+
+def imagine_start_dirs(workdir: str, iteration: int) -> list[str]:
+    """Where imagined rollouts start, in order of preference: this iteration's real rollouts,
+    else the demonstrations."""
+    return [real_dir(workdir, iteration), demos_dir(workdir)]
+
+
+# --------------------------------------------------------------------------------------------
+# Where a model starts at iteration k.
+
+
+@dataclasses.dataclass(frozen=True)
+class Start:
+    """Where a model's weights come from before its first step of an iteration.
+
+    kind: "previous_iteration" (this run's checkpoint of iteration k - 1), "init_from" (the
+    config's `<model>.train.init_from`: another vlaw run, or an external checkpoint its
+    runtime module converts) or "scratch". Resuming an interrupted iteration is separate and
+    always wins (the trainer restores the iteration's own newest checkpoint).
+    """
+
+    kind: str
+    path: str = ""
+
+
+def model_start(
+    workdir: str,
+    model: str,
+    iteration: int,
+    init_from: str,
+    *,
+    is_trained: Callable[[str], bool],
+) -> Start:
+    """The previous iteration's checkpoint of `model`, else `init_from`, else scratch.
+
+    `is_trained(directory)` says whether a checkpoint directory holds a usable model (its
+    runtime module knows: a committed step and the files the model is loaded with)."""
+    if iteration > 0:
+        previous = checkpoint_dir(workdir, model, iteration - 1)
+        if is_trained(previous):
+            return Start("previous_iteration", previous)
+    if init_from:
+        if not os.path.exists(init_from):
+            raise FileNotFoundError(
+                f"{model}.train.init_from={init_from!r} does not exist; fix the path or set it "
+                "to '' to start from scratch"
+            )
+        return Start("init_from", os.path.abspath(init_from))
+    return Start("scratch")
+
+
+# --------------------------------------------------------------------------------------------
+# Seeds: one named stream per phase, all in this table.
+
+# phase -> the SeedSequence entropy after the run's seed; the iteration is appended. The
+# numbers are those of the first release, so runs reproduce across the move to this module.
+_SEED_STREAMS = {
+    "train_policy": (4,),
+    "train_world_model": (5, 2),
+    "train_vae": (5, 1),  # iteration 0 only: the VAE is trained once
+    "residual_scale": (5, 3),  # iteration 0 only: measured once, carried forward
+    "imagine": (6,),
+}
+# Layout seeds of station episodes, one stream per purpose (`episode_seed`).
+EPISODE_STREAMS = {"demo": 1, "real": 2, "evaluate": 3}
+
+
+def phase_seed(root_seed: int, phase: str, iteration: int) -> int:
+    """A non-negative int32 seed for (run, phase, iteration): iterations draw different noise
+    and data orders, phases never share a stream.
+
+    `train_reward` uses the run's seed itself (it trains once, at iteration 0), and the policy
+    that `collect` rolls out samples with seed + iteration."""
+    if phase == "train_reward":
+        return int(root_seed)
+    if phase == "collect_policy":
+        return int(root_seed) + iteration
+    if phase not in _SEED_STREAMS:
+        raise ValueError(f"no seed stream for phase {phase!r}")
+    sequence = np.random.SeedSequence([int(root_seed), *_SEED_STREAMS[phase], iteration])
+    return int(sequence.generate_state(1)[0] >> 1)
+
+
+def episode_seed(root_seed: int, stream: str, task: str, iteration: int, index: int) -> int:
+    """The station-reset seed of one episode: distinct per (stream, task, iteration, index),
+    so demonstrations, rollouts and evaluation never share a layout."""
+    task_key = sum(ord(c) * 31**i for i, c in enumerate(task)) % (2**31)
+    entropy = [root_seed, EPISODE_STREAMS[stream], task_key, iteration, index]
+    return int(np.random.SeedSequence(entropy).generate_state(1)[0])
