@@ -3,7 +3,7 @@
   python benchmarks/policy_step.py                       # paper size, batch 32 (one GPU)
   python benchmarks/policy_step.py --preset=tiny         # CPU smoke test of both sides
 
-Ours: `vlaw.train.trainer.train_step` on the loss of `vlaw.train.policy.make_loss_fn` (the
+Ours: `vlaw.train.trainer.train_step` on the loss of `vlaw.agents.policy.make_loss_fn` (the
 `train_policy` phase's step): SigLIP So400m/14 on 3 images of 224x224 + Gemma 2B over the 768
 image tokens and the 200-token prompt + the 300M action expert over the 15 action tokens; fp32
 master weights and AdamW moments, bf16 compute, remat `nothing_saveable`, grad clipping.
@@ -110,10 +110,10 @@ def run_jax(model_config, args) -> dict:
     import jax.numpy as jnp
     import ml_collections
 
+    from vlaw.agents.policy import make_loss_fn
     from vlaw.config import _train_section
     from vlaw.models.policy import pi05
     from vlaw.train import optim, trainer
-    from vlaw.train.policy import make_loss_fn
 
     train_config: ml_collections.ConfigDict = _train_section(1000, args.batch, 5e-5)
     tx = optim.make_optimizer(train_config)

@@ -8,7 +8,7 @@ into our parameters by `vlaw.convert.qwen3_vl`): a 16-frame clip at DROID's 180x
 192x320, 480 video tokens at paper size) plus the reward question, read out as P(first answer
 token = "yes") from the position after the prompt.
 
-- vlaw: `vlaw.rollout.label.answer_probabilities` (jitted; bf16 at paper size; the lm_head runs
+- vlaw: `vlaw.agents.reward.answer_probabilities` (jitted; bf16 at paper size; the lm_head runs
   on the answer position only), inputs from `prepare_inputs` as in the label phase.
 - transformers: `Qwen3VLForConditionalGeneration` (bf16 on GPU, SDPA attention) under
   `torch.inference_mode()`, `logits_to_keep=1` (also the answer position only), its patch rows
@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlaw.agents.reward import answer_probabilities
 from vlaw.models.reward.qwen3_vl import Qwen3VLConfig
 from vlaw.models.reward.tokenizer import (
     answer_token_ids,
@@ -36,7 +37,6 @@ from vlaw.models.reward.tokenizer import (
     prepare_inputs,
 )
 from vlaw.models.reward.vision import patchify_video
-from vlaw.rollout.label import answer_probabilities
 
 INSTRUCTION = "scoop the beans into the bowl"
 

@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from vlaw import pipeline
+from vlaw import workdir as workdir_lib
 from vlaw.config import experiment_config
 from vlaw.data import rlds
 from vlaw.rollout import imagine_plan, replay
@@ -32,7 +33,9 @@ def test_simulator_replay_reproduces_a_demonstrations_outcome(tmp_path):
     pipeline.run_phase("collect", config, str(tmp_path), iteration=0)
     demo = next(rlds.read_episodes(os.path.join(tmp_path, "demos")))
     assert demo.metadata.success, "the noiseless expert should succeed at scoop"
-    (start,) = imagine_plan.start_states(config, str(tmp_path), 1)["scoop"]  # iteration 1: demos
+    (start,) = imagine_plan.start_states(
+        config.tasks, workdir_lib.imagine_start_dirs(str(tmp_path), 1)
+    )["scoop"]  # iteration 1: demos
     assert start.episode_id == demo.metadata.episode_id
     actions = demo.policy_actions()
     still = np.concatenate(

@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vlaw.data import droid
-from vlaw.rollout.real import SuccessTally, policy_episodes
+from vlaw.rollout.episodes import SuccessTally, policy_episodes
 from vlaw.rollout.station import TaskSpec
 from vlaw.sim.workers import StationPool, WorkerError
 

@@ -16,8 +16,10 @@ import numpy as np
 import pytest
 
 from vlaw import pipeline
+from vlaw import workdir as workdir_lib
+from vlaw.agents import policy as policy_lib
 from vlaw.config import experiment_config
-from vlaw.train import policy as policy_lib
+from vlaw.phases import train_policy as train_policy_phase
 
 STEPS = 4
 
@@ -66,18 +68,18 @@ def trained(collected):
 
 
 def _metrics(workdir: str) -> list[dict]:
-    path = os.path.join(policy_lib.policy_checkpoint_dir(workdir, 0), "metrics.jsonl")
+    path = os.path.join(workdir_lib.checkpoint_dir(workdir, "policy", 0), "metrics.jsonl")
     with open(path) as f:
         return [json.loads(line) for line in f]
 
 
 def _params(workdir: str):
-    return policy_lib.load_policy(workdir, 0).params
+    return policy_lib.load_policy(workdir_lib.checkpoint_dir(workdir, "policy", 0)).params
 
 
 def test_train_policy_trains_on_collected_episodes(trained):
     config, workdir, summary = trained
-    ckpt_dir = policy_lib.policy_checkpoint_dir(workdir, 0)
+    ckpt_dir = workdir_lib.checkpoint_dir(workdir, "policy", 0)
     assert summary["step"] == STEPS and summary["init"] == "scratch"
     assert summary["dataset_dirs"] == [
         os.path.join(workdir, "demos"),
@@ -123,7 +125,7 @@ def test_load_policy_acts_in_the_station_action_space(trained):
         )
         for t in (0, 10, 20)
     ]
-    policy = policy_lib.load_policy(workdir, 0)
+    policy = policy_lib.load_policy(workdir_lib.checkpoint_dir(workdir, "policy", 0))
     assert policy.checkpoint.endswith(f"iter_00/{STEPS}")
     actions = policy(observations)
     assert actions.shape == (3, config.policy.action_horizon, 8)
@@ -136,7 +138,7 @@ def test_load_policy_acts_in_the_station_action_space(trained):
     key = jax.random.PRNGKey(7)
     keyed = policy(observations, rng=key)
     np.testing.assert_array_equal(policy(observations, rng=key), keyed)
-    fresh = policy_lib.load_policy(workdir, 0)
+    fresh = policy_lib.load_policy(workdir_lib.checkpoint_dir(workdir, "policy", 0))
     np.testing.assert_array_equal(fresh(observations, rng=key), keyed)
     np.testing.assert_array_equal(fresh(observations), actions)
 
@@ -147,7 +149,7 @@ def test_interrupted_train_policy_resumes_exactly(trained, tmp_path):
     workdir = str(tmp_path)
     for name in ("demos", "iter_00"):
         shutil.copytree(os.path.join(straight_workdir, name), os.path.join(workdir, name))
-    policy_lib.train_policy_phase(config, workdir, 0, stop_at_step=2, progress=False)
+    train_policy_phase.train_policy_phase(config, workdir, 0, stop_at_step=2, progress=False)
     assert "train_policy" not in pipeline.load_state(workdir).get("iter_00", {})
     summary = pipeline.run_phase("train_policy", config, workdir, iteration=0)
     assert summary["step"] == STEPS
@@ -194,7 +196,7 @@ def test_collect_after_training_rolls_out_the_trained_policy(collected_by_policy
     from vlaw.data import rlds
 
     config, workdir, summary = collected_by_policy
-    checkpoint = os.path.join(policy_lib.policy_checkpoint_dir(workdir, 0), str(STEPS))
+    checkpoint = os.path.join(workdir_lib.checkpoint_dir(workdir, "policy", 0), str(STEPS))
     assert summary["policy"] == "trained" and summary["policy_checkpoint"] == checkpoint
     assert "demos" not in summary  # warm-start demonstrations belong to iteration 0 only
     episodes = list(rlds.read_episodes(os.path.join(workdir, "iter_01", "real")))
@@ -210,10 +212,10 @@ def test_collect_after_training_rolls_out_the_trained_policy(collected_by_policy
 def test_next_iteration_starts_from_the_previous_policy(collected_by_policy):
     config, workdir, _ = collected_by_policy
     summary = pipeline.run_phase("train_policy", config, workdir, iteration=1)
-    previous = policy_lib.policy_checkpoint_dir(workdir, 0)
+    previous = workdir_lib.checkpoint_dir(workdir, "policy", 0)
     assert summary["init"] == "previous_iteration" and summary["init_path"] == previous
     assert os.path.join(workdir, "iter_01", "real") in summary["dataset_dirs"]
-    current = policy_lib.policy_checkpoint_dir(workdir, 1)
+    current = workdir_lib.checkpoint_dir(workdir, "policy", 1)
     for name in ("norm_stats.json", "tokenizer.model"):  # carried forward unchanged
         with (
             open(os.path.join(previous, name), "rb") as a,
@@ -253,9 +255,9 @@ def test_init_from_an_openpi_checkpoint(collected, tmp_path):
     summary = pipeline.run_phase("train_policy", config, run, iteration=0)
     assert summary["init"] == "openpi" and summary["norm_stats"] == stats_path
     saved = load_norm_stats(
-        os.path.join(policy_lib.policy_checkpoint_dir(run, 0), "norm_stats.json")
+        os.path.join(workdir_lib.checkpoint_dir(run, "policy", 0), "norm_stats.json")
     )
     np.testing.assert_allclose(saved["actions"].q99, 2.0)
     # 4 AdamW steps at lr <= 3e-4 move each weight by at most ~1.2e-3 from the import.
-    trained = policy_lib.load_policy(run, 0).params["params"]
+    trained = policy_lib.load_policy(workdir_lib.checkpoint_dir(run, "policy", 0)).params["params"]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-3), trained, params)

@@ -15,11 +15,12 @@ import pytest
 
 from vlaw import config as config_lib
 from vlaw import pipeline
+from vlaw import workdir as workdir_lib
+from vlaw.agents import world_model as wm
+from vlaw.agents import world_model_codec as wm_codec
 from vlaw.data import mixture, rlds
-from vlaw.train import world_model as wm
-from vlaw.train import world_model_codec as wm_codec
-from vlaw.train import world_model_data as wm_data
-from vlaw.train import world_model_eval as wm_eval
+from vlaw.eval import prediction as wm_eval
+from vlaw.phases.train_world_model import train_world_model_phase
 
 
 def _tiny_config():
@@ -44,43 +45,41 @@ def test_mesh_guard_refuses_one_example_per_shard_with_fsdp_and_tensor(tmp_path)
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 2, 2, 2
     config.world_model.train.batch_size = 4  # 1 example per (data, fsdp) shard
     with pytest.raises(ValueError, match="test_sharding_bug"):
-        wm_data.check_mesh_batch(config, num_devices=8)
+        wm.check_mesh_batch(config, num_devices=8)
     # The phase refuses before it reads anything (the workdir is empty).
     with pytest.raises(ValueError, match="one example per shard"):
-        wm.train_world_model_phase(config, str(tmp_path), 0)
+        train_world_model_phase(config, str(tmp_path), 0)
     config.world_model.train.batch_size = 8
-    wm_data.check_mesh_batch(config, num_devices=8)
+    wm.check_mesh_batch(config, num_devices=8)
     config.world_model.train.batch_size = 4
     config.mesh.data, config.mesh.fsdp, config.mesh.tensor = 4, 2, 1  # fsdp only: exact
-    wm_data.check_mesh_batch(config, num_devices=8)
+    wm.check_mesh_batch(config, num_devices=8)
 
 
 def test_model_config_follows_the_experiment():
-    tiny = wm_data.model_config(_tiny_config(), scaling_factor=2.5)
+    tiny = wm.model_config(_tiny_config(), scaling_factor=2.5)
     assert (tiny.num_history, tiny.num_future, len(tiny.history_idx)) == (6, 5, 6)
     assert tiny.vae.scaling_factor == 2.5 and tiny.unet.dtype == "float32"
-    assert wm_data.pixel_size(tiny) == (8, 16)
-    assert wm_data.pixel_size(
-        wm_data.model_config(config_lib.experiment_config(("scoop",), "sim"))
-    ) == (
+    assert wm.pixel_size(tiny) == (8, 16)
+    assert wm.pixel_size(wm.model_config(config_lib.experiment_config(("scoop",), "sim"))) == (
         64,
         64,
     )
-    paper = wm_data.model_config(config_lib.experiment_config(("scoop",), "paper"))
-    assert wm_data.pixel_size(paper) == (192, 320)  # Ctrl-World's 192x320 views
+    paper = wm.model_config(config_lib.experiment_config(("scoop",), "paper"))
+    assert wm.pixel_size(paper) == (192, 320)  # Ctrl-World's 192x320 views
     assert paper.unet.dtype == "bfloat16" and paper.unet.remat_policy == "nothing_saveable"
 
 
 def test_seeded_text_embeddings_are_fixed_per_instruction_and_saved(tmp_path):
     path = str(tmp_path / "text.json")
-    text = wm_data.TextEmbeddings(16, path=path)
+    text = wm.TextEmbeddings(16, path=path)
     a = text(["scoop the beans", "stack the cups", "scoop the beans"])
     assert a.shape == (3, 16) and a.dtype == np.float32
     np.testing.assert_array_equal(a[0], a[2])
     assert not np.allclose(a[0], a[1])
-    np.testing.assert_array_equal(a[0], wm_data.TextEmbeddings.seeded_vector("scoop the beans", 16))
+    np.testing.assert_array_equal(a[0], wm.TextEmbeddings.seeded_vector("scoop the beans", 16))
     text.save()
-    again = wm_data.TextEmbeddings(16, path=path)
+    again = wm.TextEmbeddings(16, path=path)
     assert set(again.table) == {"scoop the beans", "stack the cups"}
     np.testing.assert_array_equal(again(["stack the cups"])[0], a[1])
     with open(path) as f:
@@ -88,18 +87,27 @@ def test_seeded_text_embeddings_are_fixed_per_instruction_and_saved(tmp_path):
 
 
 def test_start_point_previous_iteration_then_init_from_then_scratch(tmp_path):
-    config = _tiny_config()
     workdir = str(tmp_path)
-    assert wm._choose_init(config, workdir, 0) == {"kind": "scratch", "path": ""}
+
+    def start(iteration, init_from=""):
+        found = workdir_lib.model_start(
+            workdir, "world_model", iteration, init_from, is_trained=wm.is_trained
+        )
+        return wm.resolve_start_kind(found.kind, found.path), found.path
+
+    assert start(0) == ("scratch", "")
     with pytest.raises(FileNotFoundError, match="train_world_model"):
-        wm.load_world_model(config, workdir, 0)
-    config.world_model.train.init_from = "/somewhere/checkpoint-10000.pt"
-    assert wm._choose_init(config, workdir, 1)["kind"] == "ctrl_world"
-    os.makedirs(os.path.join(wm_data.checkpoint_dir(workdir, 0), "4"))
-    assert wm._choose_init(config, workdir, 1) == {
-        "kind": "previous_iteration",
-        "path": wm_data.checkpoint_dir(workdir, 0),
-    }
+        wm.load_world_model(_tiny_config(), workdir_lib.checkpoint_dir(workdir, "world_model", 0))
+    released = tmp_path / "checkpoint-10000.pt"
+    released.write_bytes(b"")
+    assert start(1, str(released)) == ("ctrl_world", str(released))
+    with pytest.raises(FileNotFoundError, match="init_from"):
+        start(1, str(tmp_path / "missing.pt"))
+    previous = workdir_lib.checkpoint_dir(workdir, "world_model", 0)
+    os.makedirs(os.path.join(previous, "4"))
+    with open(os.path.join(previous, wm.SPEC_FILE), "w") as f:
+        json.dump({}, f)
+    assert start(1, str(released)) == ("previous_iteration", previous)
 
 
 def test_psnr():
@@ -111,14 +119,14 @@ def test_psnr():
 
 def test_windows_hold_out_the_newest_episode_and_carry_instructions(collected):
     config, workdir = collected
-    dirs = wm_data.training_dataset_dirs(workdir, 0)
+    dirs = workdir_lib.world_model_training_dirs(workdir, 0)
     assert dirs == [os.path.join(workdir, "demos"), os.path.join(workdir, "iter_00", "real")]
     layout = rlds.open_dataset(dirs[-1])
-    heldout = wm_data.heldout_episodes(dirs[-1], 1)
+    heldout = wm.heldout_episodes(dirs[-1], 1)
     assert heldout == [(layout.shard_paths[-1], layout.shard_lengths[-1] - 1)]
-    model_cfg = wm_data.model_config(config)
-    size = wm_data.pixel_size(model_cfg)
-    batches = wm_data.world_model_windows(
+    model_cfg = wm.model_config(config)
+    size = wm.pixel_size(model_cfg)
+    batches = wm.world_model_windows(
         config,
         mixture.sources_from_config(dirs, config.data),
         batch_size=2,
@@ -131,7 +139,7 @@ def test_windows_hold_out_the_newest_episode_and_carry_instructions(collected):
     finally:
         batches.close()
     assert batch["instruction"].shape == (2,)
-    text = wm_data.TextEmbeddings(model_cfg.text_dim)
+    text = wm.TextEmbeddings(model_cfg.text_dim)
     host = wm.world_model_host_fn(text)(batch)
     assert host["frames"].shape == (2, 11, 3, *size, 3) and host["frames"].dtype == np.uint8
     assert host["poses"].shape == (2, 11, 7)
@@ -154,10 +162,10 @@ def trained(collected):
 @pytest.mark.slow  # VAE + world model compiles, sampler: ~4 min on 2 shared CPU cores
 def test_phase_trains_checkpoints_and_reports_the_prediction_check(trained):
     config, workdir, summary = trained
-    directory = wm_data.checkpoint_dir(workdir, 0)
+    directory = workdir_lib.checkpoint_dir(workdir, "world_model", 0)
     assert sorted(int(d) for d in os.listdir(directory) if d.isdigit()) == [2, 4, 6]
     assert sorted(
-        int(d) for d in os.listdir(wm_data.vae_checkpoint_dir(workdir)) if d.isdigit()
+        int(d) for d in os.listdir(workdir_lib.checkpoint_dir(workdir, "vae")) if d.isdigit()
     ) == [
         2,
         4,
@@ -167,11 +175,11 @@ def test_phase_trains_checkpoints_and_reports_the_prediction_check(trained):
     assert summary["vae_scaling_factor"] > 0 and summary["eval_heldout"]
     for key in ("psnr_prediction", "psnr_copy_current_frame", "psnr_vae_reconstruction"):
         assert np.isfinite(summary[key]) and summary[key] > 0
-    with open(os.path.join(directory, wm_data.TEXT_FILE)) as f:
+    with open(os.path.join(directory, wm.TEXT_FILE)) as f:
         vectors = json.load(f)["vectors"]  # the scoop task's instruction variants seen
     assert vectors
     for instruction, vector in vectors.items():
-        np.testing.assert_allclose(vector, wm_data.TextEmbeddings.seeded_vector(instruction, 16))
+        np.testing.assert_allclose(vector, wm.TextEmbeddings.seeded_vector(instruction, 16))
     # state.json: a rerun is a no-op.
     mtime = os.path.getmtime(os.path.join(directory, "metrics.jsonl"))
     assert pipeline.run_phase("train_world_model", config, workdir, iteration=0) == summary
@@ -189,15 +197,15 @@ def test_training_lowers_the_loss_on_a_fixed_batch(trained):
     model, vae, spec, size = loaded.model, loaded.vae, loaded.spec, loaded.pixel_size
     model_cfg = model.config
     assert model_cfg.vae.scaling_factor == spec["scaling_factor"]
-    seed = wm_data.phase_seed(config, 0, salt=2)
+    seed = wm.phase_seed(config, 0, salt=2)
     # The phase's own starting point (scratch UNet from its seed, the trained VAE).
     initial = wm._initial_params(config, spec, model, vae, size, seed)
     trained_params = loaded.params
-    dirs = wm_data.training_dataset_dirs(workdir, 0)
+    dirs = workdir_lib.world_model_training_dirs(workdir, 0)
     sources = mixture.sources_from_config(dirs, config.data)
-    batches = wm_data.world_model_windows(config, sources, batch_size=2, seed=7, image_size=size)
+    batches = wm.world_model_windows(config, sources, batch_size=2, seed=7, image_size=size)
     try:
-        batch = wm.world_model_host_fn(wm_data.TextEmbeddings(model_cfg.text_dim))(next(batches))
+        batch = wm.world_model_host_fn(wm.TextEmbeddings(model_cfg.text_dim))(next(batches))
     finally:
         batches.close()
     loss_fn = jax.jit(wm.world_model_loss_fn(model, vae, "float32"))

@@ -11,8 +11,10 @@ import numpy as np
 import pytest
 
 from vlaw import pipeline
+from vlaw import workdir as workdir_lib
+from vlaw.agents import reward
 from vlaw.data import rlds
-from vlaw.train import reward
+from vlaw.phases.train_reward import train_reward_phase
 
 CHECKPOINTS = ("checkpoints", "reward")
 
@@ -38,7 +40,7 @@ def trained(tmp_path_factory):
 
 
 def _params(config, workdir):
-    params, _ = reward.load_trained_params(config, workdir)
+    params, _ = reward.load_trained_params(config, workdir_lib.checkpoint_dir(workdir, "reward"))
     return jax.device_get(params)
 
 
@@ -67,7 +69,7 @@ def test_rerun_is_a_no_op_and_later_iterations_keep_the_model(trained):
     mtime = os.path.getmtime(os.path.join(workdir, *CHECKPOINTS, "metrics.jsonl"))
     assert pipeline.run_phase("train_reward", config, workdir, iteration=0) == summary
     assert os.path.getmtime(os.path.join(workdir, *CHECKPOINTS, "metrics.jsonl")) == mtime
-    later = reward.train_reward_phase(config, workdir, iteration=1)
+    later = train_reward_phase(config, workdir, iteration=1)
     assert later["trained"] is False
 
 
@@ -83,7 +85,7 @@ def test_resume_from_step_2_equals_training_straight_to_4(trained, tmp_path):
     shutil.copytree(workdir, copy)
     shutil.rmtree(os.path.join(copy, *CHECKPOINTS, "4"))
     config.reward.evaluate_after_training = False
-    resumed = reward.train_reward_phase(config, copy, iteration=0)
+    resumed = train_reward_phase(config, copy, iteration=0)
     assert resumed["step"] == 4
     jax.tree.map(np.testing.assert_array_equal, _params(config, copy), straight)
 
@@ -133,7 +135,7 @@ def test_train_reward_learns_to_separate_successes(tmp_path):
     config.reward.train.update(steps=80, batch_size=8, learning_rate=3e-3, warmup_steps=2)
     config.reward.train.log_every_steps = 10
     config.ckpt.save_every_steps = 100
-    summary = reward.train_reward_phase(config, workdir, iteration=0)
+    summary = train_reward_phase(config, workdir, iteration=0)
     print({k: summary[k] for k in ("final_loss", "train_accuracy_alpha", "train_confusion")})
     assert summary["train_confusion"]["num_known"] == 32
     assert summary["train_accuracy_alpha"] > 0.9

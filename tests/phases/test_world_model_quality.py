@@ -4,7 +4,7 @@ Default test: the phase in pixel space end to end at a handful of steps (no VAE 
 pixel and residual scales are measured and stored, the checkpoint loads, a latent-space config
 refuses it, an EMA run is loaded with its EMA). Slow test: the issue's bar, a tiny model
 trained here predicts held-out frames better than copying the current frame (measured: 25.7
-vs 24.4 dB after 1500 steps; vlaw/train/world_model_codec.py, benchmarks/RESULTS.md).
+vs 24.4 dB after 1500 steps; vlaw/agents/world_model_codec.py, benchmarks/RESULTS.md).
 """
 
 import os
@@ -15,9 +15,10 @@ import pytest
 
 from vlaw import config as config_lib
 from vlaw import pipeline
-from vlaw.train import world_model as wm
-from vlaw.train import world_model_codec as wm_codec
-from vlaw.train import world_model_data as wm_data
+from vlaw import workdir as workdir_lib
+from vlaw.agents import world_model as wm
+from vlaw.phases.train_world_model import train_world_model_phase
+from vlaw.train import checkpoints
 
 
 def _pixel_config(steps: int):
@@ -45,22 +46,22 @@ def collected(tmp_path_factory):
 def test_pixel_space_phase_measures_its_scales_and_trains_no_vae(collected):
     config = _pixel_config(4)
     config.world_model.train.ema_decay = 0.5  # the check and load_world_model read the EMA
-    summary = wm.train_world_model_phase(config, collected, 0, progress=False)
+    summary = train_world_model_phase(config, collected, 0, progress=False)
     assert summary["vae"] == "pixels" and summary["step"] == 4
-    assert not os.path.exists(wm_data.vae_checkpoint_dir(collected))
+    assert not os.path.exists(workdir_lib.checkpoint_dir(collected, "vae"))
     # Lossless codec: the "reconstruction" is the truth.
     assert summary["psnr_vae_reconstruction"] > 90
     assert np.isfinite(summary["psnr_prediction"]) and summary["psnr_copy_current_frame"] > 10
-    loaded = wm.load_world_model(config, collected, 0)
+    loaded = wm.load_world_model(config, workdir_lib.checkpoint_dir(collected, "world_model", 0))
     cfg = loaded.model.config
     assert cfg.vae.kind == "pixels" and cfg.unet.in_channels == 2 * cfg.vae.latent_channels
     # Pixels in [-1, 1] have std < 1, and so do the changes from the current frame.
     assert loaded.spec["scaling_factor"] > 1.0 and loaded.spec["residual_scale"] > 1.0
     assert cfg.residual_scale == loaded.spec["residual_scale"]
-    directory = wm_data.checkpoint_dir(collected, 0)
-    init_fn = wm.world_model_init_fn(loaded.model, loaded.vae, loaded.pixel_size)
-    ema = wm_codec.restore_on_one_device(directory, init_fn, key="ema_params")
-    raw = wm_codec.restore_on_one_device(directory, init_fn)
+    directory = workdir_lib.checkpoint_dir(collected, "world_model", 0)
+    abstract = wm.abstract_params(config, loaded.spec)
+    ema = checkpoints.restore_on_one_device(directory, abstract, key="ema_params")
+    raw = checkpoints.restore_on_one_device(directory, abstract)
     leaves = jax.tree.leaves(loaded.params["world_model"])
     for got, want in zip(leaves, jax.tree.leaves(ema["world_model"]), strict=True):
         np.testing.assert_array_equal(got, want)
@@ -70,7 +71,7 @@ def test_pixel_space_phase_measures_its_scales_and_trains_no_vae(collected):
     )
     config.world_model.space = "latent"
     with pytest.raises(ValueError, match="trained in pixel space"):
-        wm.load_world_model(config, collected, 0)
+        wm.load_world_model(config, workdir_lib.checkpoint_dir(collected, "world_model", 0))
 
 
 @pytest.mark.slow  # 1500 steps of the tiny UNet: ~12 min on 2 CPU cores
@@ -81,5 +82,5 @@ def test_tiny_pixel_model_predicts_better_than_copying(tmp_path, collected):
     shutil.copytree(collected, workdir, ignore=shutil.ignore_patterns("checkpoints", "state.json"))
     config = _pixel_config(1500)
     config.world_model.eval_windows = 24
-    summary = wm.train_world_model_phase(config, workdir, 0, progress=False)
+    summary = train_world_model_phase(config, workdir, 0, progress=False)
     assert summary["psnr_prediction"] > summary["psnr_copy_current_frame"] + 0.25, summary

@@ -78,7 +78,8 @@ def test_interrupted_collect_resumes_the_count(tmp_path, monkeypatch):
     """Episodes saved before a crash are kept; the rerun runs only the missing ones."""
     import tensorflow  # noqa: F401
 
-    from vlaw.rollout import real
+    from vlaw.phases import collect
+    from vlaw.rollout import episodes
     from vlaw.sim import workers
 
     config = experiment_config(("scoop",), "tiny")
@@ -92,22 +93,22 @@ def test_interrupted_collect_resumes_the_count(tmp_path, monkeypatch):
 
     monkeypatch.setattr(workers.StationPool, "expert_episodes", crash_after_first)
     with pytest.raises(RuntimeError, match="simulated crash"):
-        real.collect_phase(config, workdir, 0)
+        collect.collect_phase(config, workdir, 0)
     demos = os.path.join(workdir, "demos")
     assert not os.path.exists(demos)  # the dataset is all or nothing ...
-    assert len(os.listdir(real.staging_dir(demos))) == 1  # ... its finished episode is kept
+    assert len(os.listdir(episodes.staging_dir(demos))) == 1  # ... its finished episode is kept
 
     monkeypatch.setattr(workers.StationPool, "expert_episodes", original)
-    summary = real.collect_phase(config, workdir, 0)
+    summary = collect.collect_phase(config, workdir, 0)
     assert summary["demos"]["resumed_episodes"] == 1
     assert summary["demos"]["num_episodes"] == config.loop.warmstart_demos_per_task
     assert summary["real"]["resumed_episodes"] == 0
-    assert not os.path.exists(real.staging_dir(demos))
+    assert not os.path.exists(episodes.staging_dir(demos))
 
 
 def test_staged_episodes_round_trip_exactly(tmp_path):
     from vlaw.data.episode import Episode, EpisodeMetadata
-    from vlaw.rollout import real
+    from vlaw.rollout import episodes
 
     rng = np.random.default_rng(0)
     steps = 3
@@ -131,7 +132,7 @@ def test_staged_episodes_round_trip_exactly(tmp_path):
     }
     metadata = EpisodeMetadata(success=True, source="real", task="draw", episode_id="real-01-x")
     episode = Episode("draw a circle", observation, action_dict, metadata)
-    loaded = real.load_staged_episode(real.save_staged_episode(str(tmp_path), episode))
+    loaded = episodes.load_staged_episode(episodes.save_staged_episode(str(tmp_path), episode))
     assert loaded.instruction == episode.instruction
     assert loaded.metadata.episode_id == "real-01-x" and loaded.metadata.success
     assert np.isnan(loaded.metadata.reward_score)

@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 from vlaw import pipeline
+from vlaw.agents import reward
 from vlaw.data import rlds
-from vlaw.rollout import label
-from vlaw.train import checkpoints, reward
+from vlaw.phases import label
+from vlaw.train import checkpoints
 
 DIRS = ("iter_{iteration:02d}/real", "demos")
 
@@ -90,12 +91,12 @@ def test_kept_follows_alpha_and_plain_tfds_reads_the_result(collected):
     config.reward.label_dataset_dirs = DIRS
     dirs = label.label_dataset_dirs(config, workdir, 0)
     first = label.label_phase(config, workdir, 0)
-    compiled = label.answer_probabilities._cache_size()
+    compiled = reward.answer_probabilities._cache_size()
     scores = np.asarray([e.metadata.reward_score for e in rlds.read_episodes(dirs)])
     assert len(np.unique(scores)) > 1
     config.reward.alpha = float(np.median(scores))
     second = label.label_phase(config, workdir, 0)
-    assert label.answer_probabilities._cache_size() == compiled  # one shape, one compilation
+    assert reward.answer_probabilities._cache_size() == compiled  # one shape, one compilation
     episodes = list(rlds.read_episodes(dirs))
     kept = np.asarray([e.metadata.kept for e in episodes])
     np.testing.assert_allclose([e.metadata.reward_score for e in episodes], scores, rtol=1e-6)

@@ -1,14 +1,13 @@
 """The `imagine` phase at the tiny preset (scoop), through the real loaders.
 
-The default tests save random tiny weights in the layouts `train_policy` and
-`train_world_model` write (training them costs minutes of compilation on 8 fake devices), then
+The default tests save random tiny weights through the runtime modules' public savers
+(training them costs minutes of compilation on 8 fake devices), then
 imagine iteration 1: the policy of iteration 0 acting in the world model of iteration 1, from
 the demonstrations' first steps (iteration 1 has no real rollouts). Three rollouts in batches of
 two, so the last batch is padded. The slow test runs the whole chain with trained models.
 """
 
 import dataclasses
-import json
 import os
 import shutil
 
@@ -18,15 +17,19 @@ import numpy as np
 import pytest
 
 from vlaw import pipeline
+from vlaw import workdir as workdir_lib
+from vlaw.agents import policy as policy_lib
+from vlaw.agents import reward as reward_agent
+from vlaw.agents import world_model as wm
 from vlaw.config import experiment_config
 from vlaw.data import droid, rlds
+from vlaw.models.policy import pi05
 from vlaw.models.world_model import kinematics
+from vlaw.phases import imagine as imagine_phase
+from vlaw.phases import train_policy
 from vlaw.rollout import imagine, imagine_plan
 from vlaw.rollout.station import TaskSpec
 from vlaw.train import checkpoints
-from vlaw.train import policy as policy_lib
-from vlaw.train import world_model as wm
-from vlaw.train import world_model_data as wm_data
 
 ROLLOUTS = 3  # two batches of two: the second padded
 
@@ -37,41 +40,36 @@ def _config():
     return config
 
 
-def _save_random_params(directory: str, abstract, config, seed: int) -> None:
-    """N(0, 0.05^2) weights of `abstract`'s shapes (no init compilation) as checkpoint 1."""
+def _starts(config, workdir: str, iteration: int) -> list:
+    return imagine_plan.start_states(
+        config.tasks, workdir_lib.imagine_start_dirs(workdir, iteration)
+    )["scoop"]
+
+
+def _random_params(abstract, seed: int):
+    """N(0, 0.05^2) weights of `abstract`'s shapes (no init compilation)."""
     rng = np.random.default_rng(seed)
-    params = jax.tree.map(lambda a: (0.05 * rng.standard_normal(a.shape)).astype(a.dtype), abstract)
-    manager = checkpoints.make_manager(directory, config.ckpt)
-    checkpoints.save(manager, 1, {"params": params}, {})
-    manager.wait_until_finished()
-    manager.close()
+    return jax.tree.map(lambda a: (0.05 * rng.standard_normal(a.shape)).astype(a.dtype), abstract)
 
 
 def _write_policy(config, workdir: str, iteration: int) -> str:
-    """A policy checkpoint as train_policy lays it out (policy.json, tokenizer, norm stats)."""
-    from vlaw.models.policy import pi05
-
-    dirs = policy_lib.training_dataset_dirs(workdir, iteration)
-    spec = policy_lib._prepare(config, workdir, iteration, dirs, policy_lib.scan_episodes(dirs))
-    model_cfg = pi05.pi05_config(spec["variant"], **spec["overrides"])
+    """A policy of `iteration` as train_policy lays it out (policy.json, tokenizer, norm stats),
+    with random weights."""
+    spec, directory, _ = train_policy.prepare(config, workdir, iteration)
+    model_cfg = policy_lib.model_config_from_spec(spec)
     abstract = nn.unbox(pi05.abstract_params(model_cfg))["params"]
-    directory = policy_lib.policy_checkpoint_dir(workdir, iteration)
-    _save_random_params(directory, abstract, config, seed=1)
+    policy_lib.save_policy(
+        directory, _random_params(abstract, 1), spec=spec, step=1, ckpt_config=config.ckpt
+    )
     return directory
 
 
 def _write_world_model(config, workdir: str, iteration: int) -> None:
     spec = {"scaling_factor": 1.0, "residual_scale": 2.0}
     spec["vae"] = {"kind": "pixels" if config.world_model.space == "pixel" else "trained"}
-    model_cfg = wm_data.model_config_from_spec(config, spec)
-    model = wm.cw.CtrlWorld(model_cfg)
-    vae = wm.TemporalVAE(model_cfg.vae)
-    init = wm.world_model_init_fn(model, vae, wm_data.pixel_size(model_cfg))
-    abstract = jax.eval_shape(lambda: nn.unbox(init(jax.random.PRNGKey(0))))
-    directory = wm_data.checkpoint_dir(workdir, iteration)
-    _save_random_params(directory, abstract, config, seed=2)
-    with open(os.path.join(directory, wm_data.SPEC_FILE), "w") as f:
-        json.dump(spec, f)
+    params = _random_params(wm.abstract_params(config, spec), 2)
+    directory = workdir_lib.checkpoint_dir(workdir, "world_model", iteration)
+    wm.save_world_model(directory, params, spec=spec, step=1, ckpt_config=config.ckpt)
 
 
 @pytest.fixture(scope="module")
@@ -141,8 +139,12 @@ def _wrapped(angles: np.ndarray) -> np.ndarray:
 
 def test_starts_prefer_the_iterations_real_rollouts_and_spread_evenly(prepared):
     config, workdir = prepared
-    at_0 = imagine_plan.start_states(config, workdir, 0)["scoop"]
-    at_1 = imagine_plan.start_states(config, workdir, 1)["scoop"]  # no iter_01/real: the demos
+    at_0 = imagine_plan.start_states(config.tasks, workdir_lib.imagine_start_dirs(workdir, 0))[
+        "scoop"
+    ]
+    at_1 = imagine_plan.start_states(config.tasks, workdir_lib.imagine_start_dirs(workdir, 1))[
+        "scoop"
+    ]  # no iter_01/real: the demos
     assert [s.episode_id.split("-")[0] for s in at_0] == ["real", "real"]
     assert [s.episode_id.split("-")[0] for s in at_1] == ["demo", "demo"]
     start = at_1[0]
@@ -163,20 +165,19 @@ def test_starts_prefer_the_iterations_real_rollouts_and_spread_evenly(prepared):
 
 def test_missing_policy_or_world_model_and_inconsistent_labels_are_named(prepared):
     config, workdir = prepared
-    assert imagine.imagining_policy_dir(config, workdir, 1) == policy_lib.policy_checkpoint_dir(
-        workdir, 0
-    )
+    expected = workdir_lib.checkpoint_dir(workdir, "policy", 0)
+    assert imagine_phase.imagining_policy_dir(config, workdir, 1) == expected
     with pytest.raises(FileNotFoundError, match="train_policy phase for iteration 1"):
-        imagine.imagine_phase(config, workdir, 2)
+        imagine_phase.imagine_phase(config, workdir, 2)
     with pytest.raises(FileNotFoundError, match="scripted expert"):
-        imagine.imagine_phase(config, workdir, 0)
+        imagine_phase.imagine_phase(config, workdir, 0)
     config = config.copy_and_resolve_references()
-    config.policy.train.init_from = policy_lib.policy_checkpoint_dir(workdir, 0)
+    config.policy.train.init_from = workdir_lib.checkpoint_dir(workdir, "policy", 0)
     with pytest.raises(FileNotFoundError, match="run the train_world_model phase first"):
-        imagine.imagine_phase(config, workdir, 0)  # the policy is found; no world model of 0
+        imagine_phase.imagine_phase(config, workdir, 0)  # the policy is found; no world model of 0
     config.loop.imagine_sim_replay = False
     with pytest.raises(ValueError, match="known_label_sources lists 'synthetic'"):
-        imagine.imagine_phase(config, workdir, 1)
+        imagine_phase.imagine_phase(config, workdir, 1)
     assert not os.path.exists(os.path.join(workdir, "iter_02"))
 
 
@@ -187,8 +188,8 @@ def test_writes_n_synthetic_episodes_per_task_at_the_world_models_size(imagined)
     assert summary["episodes_per_task"] == {"scoop": ROLLOUTS}
     assert summary["steps_per_episode"] == steps and summary["success_is_ground_truth"]
     assert summary["seconds_per_interaction"] > 0
-    size = wm_data.pixel_size(wm_data.model_config(config))
-    policy_dir = policy_lib.policy_checkpoint_dir(workdir, 0)
+    size = wm.pixel_size(wm.model_config(config))
+    policy_dir = workdir_lib.checkpoint_dir(workdir, "policy", 0)
     for index, episode in enumerate(episodes):
         m = episode.metadata
         assert (m.source, m.task, m.iteration, m.kept) == ("synthetic", "scoop", 1, False)
@@ -226,9 +227,14 @@ def test_records_integrate_the_executed_actions_and_hold_frames(imagined):
                 np.testing.assert_array_equal(images[t], images[t - t % stride])
     # The first frames are the start's recorded frames at the world model's size (compared
     # after the same JPEG round trip the dataset went through).
-    starts = {s.episode_id: s for s in imagine_plan.start_states(config, workdir, 1)["scoop"]}
+    starts = {
+        s.episode_id: s
+        for s in imagine_plan.start_states(
+            config.tasks, workdir_lib.imagine_start_dirs(workdir, 1)
+        )["scoop"]
+    }
     first = starts[episodes[0].metadata.episode_id.split("-from-")[1]]
-    world = wm.load_world_model(config, workdir, 1)
+    world = wm.load_world_model(config, workdir_lib.checkpoint_dir(workdir, "world_model", 1))
     size = episodes[0].image_shape[:2]
     frames, _ = imagine.encode_start(world.vae, world.params["vae"], first.images[None], size=size)
     expected = rlds.decode_images(np.asarray(rlds.encode_jpegs(np.asarray(frames[0]))), (*size, 3))
@@ -241,7 +247,7 @@ def test_records_integrate_the_executed_actions_and_hold_frames(imagined):
 def test_resumed_run_writes_what_a_straight_run_writes(imagined, tmp_path):
     config, workdir, summary, episodes = imagined
     _copy_prerequisites(workdir, str(tmp_path))
-    partial = imagine.imagine_phase(config, str(tmp_path), 1, stop_after_batches=1)
+    partial = imagine_phase.imagine_phase(config, str(tmp_path), 1, stop_after_batches=1)
     assert partial["stopped_early"] and partial["batches_left"] == 1
     synthetic = os.path.join(tmp_path, "iter_01", "synthetic")
     assert not os.path.exists(synthetic)
@@ -272,21 +278,22 @@ def test_rerun_is_a_no_op(imagined):
     dataset = summary["dataset_dir"]
     mtime = os.path.getmtime(dataset)
     assert pipeline.run_phase("imagine", config, workdir, iteration=1) == summary
-    assert imagine.imagine_phase(config, workdir, 1) == {"dataset_dir": dataset, "skipped": True}
+    assert imagine_phase.imagine_phase(config, workdir, 1) == {
+        "dataset_dir": dataset,
+        "skipped": True,
+    }
     assert os.path.getmtime(dataset) == mtime
 
 
 def test_label_scores_the_synthetic_episodes(imagined):
-    from vlaw.train import reward
-
     config, workdir, _, episodes = imagined
     config = config.copy_and_resolve_references()
     config.reward.progress = False
-    model_cfg = reward.model_config(config)
-    init = reward.init_fn_for(model_cfg)
+    model_cfg = reward_agent.model_config(config)
+    init = reward_agent.init_fn_for(model_cfg)
     abstract = jax.eval_shape(lambda: nn.unbox(init(jax.random.PRNGKey(0))))
     pretrained = os.path.join(workdir, "pretrained_reward")
-    _save_random_params(pretrained, abstract, config, seed=3)
+    checkpoints.save_params(pretrained, 1, _random_params(abstract, 3), config.ckpt)
     config.reward.train.init_from = pretrained
     summary = pipeline.run_phase("label", config, workdir, iteration=1)
     assert summary["num_episodes"] == ROLLOUTS
@@ -310,9 +317,9 @@ def test_imagine_after_training_both_models(tmp_path):
     pipeline.run_phase("train_world_model", config, workdir, iteration=1)
     summary = pipeline.run_phase("imagine", config, workdir, iteration=1)
     assert summary["num_episodes"] == ROLLOUTS
-    model_cfg = wm_data.model_config(config)
+    model_cfg = wm.model_config(config)
     for episode in rlds.read_episodes(summary["dataset_dir"]):
-        assert episode.image_shape == (*wm_data.pixel_size(model_cfg), 3)
+        assert episode.image_shape == (*wm.pixel_size(model_cfg), 3)
     pipeline.run_phase("train_reward", config, workdir, iteration=0)  # kept after iteration 0
     labelled = pipeline.run_phase("label", config, workdir, iteration=1)
     assert labelled["num_episodes"] == ROLLOUTS
