@@ -1,6 +1,8 @@
-"""Runs VLAW (or one of its phases) from an experiment config.
+"""Runs VLAW (Algorithm 1, by default) or one phase of one iteration from an experiment config.
 
-  python launch.py --config=experiments/scoop.py:sim --workdir=runs/scoop_sim --phase=collect
+  python launch.py --config=experiments/scoop.py:sim --workdir=runs/scoop_sim
+  python launch.py --config=experiments/scoop.py:sim --workdir=runs/scoop_sim --phase=imagine \
+      --iteration=1
   python launch.py --config=experiments/scoop.py --workdir=W --config.loop.iterations=3
 
 Any `--config.a.b=value` overrides a field; an unknown field is an error. The resolved config
@@ -18,15 +20,17 @@ _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config fil
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, datasets and reports go.")
 _PHASE = flags.DEFINE_string(
     "phase",
-    pipeline.default_phase(),
-    f"Phase to run, one of {list(pipeline.PHASES)}; default: the newest.",
+    pipeline.LOOP,
+    f"One phase of one iteration, one of {list(pipeline.PHASES)}; default: the whole loop.",
 )
 flags.register_validator(
     "phase",
-    lambda name: name in pipeline.PHASES,
-    message=f"--phase must be one of {list(pipeline.PHASES)}",
+    lambda name: name in pipeline.PHASE_NAMES,
+    message=f"--phase must be one of {list(pipeline.PHASE_NAMES)}",
 )
-_ITERATION = flags.DEFINE_integer("iteration", 0, "VLAW iteration the phase belongs to.")
+_ITERATION = flags.DEFINE_integer(
+    "iteration", 0, "Iteration of --phase: 0 is the warm start (demos, base policy), then 1, 2..."
+)
 _FORCE = flags.DEFINE_bool("force", False, "Rerun a phase that state.json marks done.")
 flags.mark_flags_as_required(["config", "workdir"])
 
@@ -42,7 +46,10 @@ def main(argv):
 
         jax.distributed.initialize()
     logging.info("config written to %s", pipeline.write_config(config, workdir))
-    pipeline.run_phase(_PHASE.value, config, workdir, _ITERATION.value, _FORCE.value)
+    if _PHASE.value == pipeline.LOOP:
+        pipeline.run_loop(config, workdir, _FORCE.value)
+    else:
+        pipeline.run_phase(_PHASE.value, config, workdir, _ITERATION.value, _FORCE.value)
 
 
 if __name__ == "__main__":

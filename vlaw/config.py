@@ -70,6 +70,15 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     # Replay each imagined action sequence in the simulator from its start's reset and store
     # the outcome as the episode's ground-truth `success` (needs sim.enabled).
     lo.imagine_sim_replay = True
+    # Fine-tune the reward model at every iteration on all labelled rollouts so far (True), or
+    # at iteration 1 only and reuse it after (False: the paper's Appendix C).
+    lo.retrain_reward = False
+
+    # --- Evaluation (vlaw/phases/evaluate.py) ------------------------------------------------
+    c.evaluate = ev = ml_collections.ConfigDict()
+    # Station episodes per task for each evaluated policy, on layouts no training phase uses
+    # (the same layouts for every iteration, so policies are compared on equal footing).
+    ev.episodes_per_task = 2 if tiny else (50 if sim else 20)
 
     # --- pi0.5 policy (vlaw/models/policy) ---------------------------------------------------
     c.policy = p = ml_collections.ConfigDict()

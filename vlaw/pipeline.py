@@ -25,16 +25,10 @@ PHASES: dict[str, str] = {
     "imagine": "vlaw.phases.imagine:imagine_phase",
     "label": "vlaw.phases.label:label_phase",
     "train_policy": "vlaw.phases.train_policy:train_policy_phase",
+    "evaluate": "vlaw.phases.evaluate:evaluate_phase",
 }
-
-
-def default_phase() -> str:
-    """The phase a bare `launch.py` runs: the whole loop once it exists, else `collect`.
-
-    Every other phase needs an earlier phase's output in the workdir, so until the loop lands
-    the default is the one phase that can start from an empty workdir.
-    """
-    return "loop" if "loop" in PHASES else "collect"
+LOOP = "loop"  # all of Algorithm 1 (`run_loop`): what a bare launch.py runs
+PHASE_NAMES = (*PHASES, LOOP)
 
 
 def load_state(workdir: str) -> dict:
@@ -79,3 +73,17 @@ def run_phase(
     _save_state(workdir, state)
     logging.info("phase %s of %s done: %s", name, key, summary)
     return summary
+
+
+def run_loop(config: ml_collections.ConfigDict, workdir: str, force: bool = False) -> str:
+    """Algorithm 1 for `loop.iterations` iterations (`vlaw.phases.loop.schedule`), each phase
+    skipped when state.json marks it done (`force`: rerun them all). Returns, and prints, the
+    success table of the base policy and every iteration."""
+    from vlaw.phases import loop  # the evaluation table's imports load with the loop only
+
+    for iteration, name in loop.schedule(config):
+        run_phase(name, config, workdir, iteration, force)
+    table = loop.results_table(config, workdir)
+    logging.info("VLAW in %s:\n%s", workdir, table)
+    print(f"\nVLAW success rates ({workdir}; 95 % Wilson intervals):\n{table}", flush=True)
+    return table

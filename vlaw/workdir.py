@@ -4,13 +4,14 @@ datasets each phase reads, where each model starts, the phases' seeds, and atomi
     workdir/
       config.json                      the resolved configuration (launch.py)
       state.json                       which phases of which iteration are done (pipeline)
-      demos/                           warm-start demonstrations (RLDS), once
-      iter_NN/real/                    `collect`'s rollouts of iteration NN (RLDS)
+      demos/                           warm-start demonstrations (RLDS), iteration 0
+      iter_NN/real/                    `collect`'s rollouts of iteration NN >= 1 (RLDS)
       iter_NN/synthetic/               `imagine`'s rollouts, scored in place by `label`
+      iter_NN/evaluate/                `evaluate`'s rollouts of iteration NN's policy
       checkpoints/policy/iter_NN/      `train_policy` (orbax steps + policy.json, ...)
       checkpoints/world_model/iter_NN/ `train_world_model` (+ world_model.json, ...)
       checkpoints/vae/                 the tiny/sim VAE (latent space only), trained once
-      checkpoints/reward/              `train_reward` (iteration 0; later ones reuse it)
+      checkpoints/reward/iter_NN/      `train_reward` (iteration 1; later ones reuse it)
       assets/                          files a run makes once (the small policy tokenizer)
       reports/iter_NN/                 `evaluate`'s metrics
 
@@ -27,8 +28,9 @@ import numpy as np
 
 # The run directory's JSON files are written and read through these (atomic, named errors).
 from vlaw.data.atomic_json import JsonFileError, read_json, write_json  # noqa: F401
+from vlaw.rollout.station import TaskSpec
 
-DEMOS, REAL, SYNTHETIC = "demos", "real", "synthetic"
+DEMOS, REAL, SYNTHETIC, EVALUATE = "demos", "real", "synthetic", "evaluate"
 MODELS = ("policy", "world_model", "reward", "vae")
 
 
@@ -52,6 +54,11 @@ def synthetic_dir(workdir: str, iteration: int) -> str:
     return os.path.join(iteration_dir(workdir, iteration), SYNTHETIC)
 
 
+def evaluation_dir(workdir: str, iteration: int) -> str:
+    """`evaluate`'s episodes of iteration NN's policy (recorded, never trained on)."""
+    return os.path.join(iteration_dir(workdir, iteration), EVALUATE)
+
+
 def assets_dir(workdir: str) -> str:
     return os.path.join(workdir, "assets")
 
@@ -61,12 +68,12 @@ def reports_dir(workdir: str, iteration: int) -> str:
 
 
 def checkpoint_dir(workdir: str, model: str, iteration: int | None = None) -> str:
-    """`checkpoints/<model>/iter_NN` for the per-iteration models (policy, world model);
-    `checkpoints/<model>` for those a run trains once (reward, vae)."""
+    """`checkpoints/<model>/iter_NN` for the per-iteration models (policy, world model, reward);
+    `checkpoints/vae` for the tiny/sim VAE, which a run trains once."""
     if model not in MODELS:
         raise ValueError(f"unknown model {model!r}; one of {MODELS}")
     base = os.path.join(workdir, "checkpoints", model)
-    if model in ("reward", "vae"):
+    if model == "vae":
         return base
     if iteration is None:
         raise ValueError(f"the {model} has one checkpoint directory per iteration: pass it")
@@ -99,18 +106,29 @@ def world_model_training_dirs(workdir: str, iteration: int) -> list[str]:
 
 
 def reward_training_dirs(workdir: str, iteration: int, *, include_demos: bool) -> list[str]:
-    """D_real's labelled episodes so far (iter_00/real ... iter_k/real), demos first when
-    `include_demos`; every one must exist."""
-    dirs = [real_dir(workdir, i) for i in range(iteration + 1)]
-    if include_demos:
-        dirs.insert(0, demos_dir(workdir))
-    missing = [d for d in dirs if not os.path.isdir(d)]
-    if missing:
+    """D_real's labelled episodes so far (the iter_NN/real that exist up to k), demos first
+    when `include_demos`. This iteration's real rollouts must exist."""
+    if not os.path.isdir(real_dir(workdir, iteration)):
         raise FileNotFoundError(
-            f"train_reward needs labelled episodes; missing dataset dirs {missing} (run the "
-            "collect phase first)"
+            f"train_reward needs labelled episodes; {real_dir(workdir, iteration)} does not "
+            f"exist (run the collect phase of iteration {iteration} first)"
         )
-    return dirs
+    candidates = [demos_dir(workdir)] if include_demos else []
+    candidates += [real_dir(workdir, i) for i in range(iteration + 1)]
+    return _existing(candidates)
+
+
+def newest_checkpoint_dir(
+    workdir: str, model: str, iteration: int, is_trained: Callable[[str], bool]
+) -> str | None:
+    """The newest trained per-iteration checkpoint directory of `model` at or before
+    `iteration` (the reward model of iteration 1 labels every later iteration unless it was
+    retrained), or None."""
+    for i in range(iteration, -1, -1):
+        directory = checkpoint_dir(workdir, model, i)
+        if is_trained(directory):
+            return directory
+    return None
 
 
 def imagine_start_dirs(workdir: str, iteration: int) -> list[str]:
@@ -174,6 +192,7 @@ _SEED_STREAMS = {
     "train_vae": (5, 1),  # iteration 0 only: the VAE is trained once
     "residual_scale": (5, 3),  # iteration 0 only: measured once, carried forward
     "imagine": (6,),
+    "evaluate": (7,),  # the evaluated policy's sampling noise
 }
 # Layout seeds of station episodes, one stream per purpose (`episode_seed`).
 EPISODE_STREAMS = {"demo": 1, "real": 2, "evaluate": 3}
@@ -193,6 +212,15 @@ def phase_seed(root_seed: int, phase: str, iteration: int) -> int:
         raise ValueError(f"no seed stream for phase {phase!r}")
     sequence = np.random.SeedSequence([int(root_seed), *_SEED_STREAMS[phase], iteration])
     return int(sequence.generate_state(1)[0] >> 1)
+
+
+def task_specs(config, stream: str, iteration: int, per_task: int) -> list[TaskSpec]:
+    """`per_task` station resets for each task of the run, seeded from `stream`."""
+    return [
+        TaskSpec(task, episode_seed(config.seed, stream, task, iteration, i))
+        for task in config.tasks
+        for i in range(per_task)
+    ]
 
 
 def episode_seed(root_seed: int, stream: str, task: str, iteration: int, index: int) -> int:

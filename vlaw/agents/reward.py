@@ -156,26 +156,32 @@ def make_loss_fn(model_cfg: Qwen3VLConfig, tokenizer) -> Any:
     return loss_fn
 
 
-def initial_params(config: ml_collections.ConfigDict):
-    """The trainer's `initial_params`: a Hugging Face Qwen3-VL at `reward.train.init_from`
-    converted, another vlaw run's reward checkpoint restored, or None (from scratch)."""
-    init_from = str(config.reward.train.init_from or "")
-    if is_hf_checkpoint(init_from):
+def initial_params(config: ml_collections.ConfigDict, start_path: str):
+    """The trainer's `initial_params` from `start_path` (`vlaw.workdir.Start.path`): a Hugging
+    Face Qwen3-VL directory converted, a vlaw reward checkpoint (an earlier iteration's, or
+    another run's) restored, or None when empty (from scratch)."""
+    if is_hf_checkpoint(start_path):
         dtype = np.dtype(model_config(config).param_dtype)
 
         def from_hf(target):
             del target  # the trainer checks the shapes and places the host arrays
             from vlaw.convert.qwen3_vl import load_checkpoint
 
-            return load_checkpoint(init_from, dtype=dtype)[1]
+            return load_checkpoint(start_path, dtype=dtype)[1]
 
         return from_hf
-    if init_from:
-        return lambda target: checkpoints.restore_params(init_from, target)
+    if start_path:
+        return lambda target: checkpoints.restore_params(start_path, target)
     return None
 
 
-def load_trained_params(config: ml_collections.ConfigDict, directory: str) -> tuple[Any, str]:
+def is_trained(directory: str) -> bool:
+    return checkpoints.latest_step(directory) is not None
+
+
+def load_trained_params(
+    config: ml_collections.ConfigDict, directory: str | None
+) -> tuple[Any, str]:
     """(params on one device, where they came from): the newest checkpoint in `directory` (a
     `train_reward` run), else `reward.train.init_from` (zero-shot labelling)."""
     model_cfg = model_config(config)
@@ -183,7 +189,7 @@ def load_trained_params(config: ml_collections.ConfigDict, directory: str) -> tu
     abstract = jax.eval_shape(
         lambda: optim.cast_floating(nn.unbox(init(jax.random.PRNGKey(0))), model_cfg.param_dtype)
     )
-    if checkpoints.latest_step(directory) is not None:
+    if directory and is_trained(directory):
         return checkpoints.restore_on_one_device(directory, abstract), directory
     init_from = config.reward.train.init_from
     if is_hf_checkpoint(init_from):

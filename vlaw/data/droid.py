@@ -109,7 +109,8 @@ VLAW_EPISODE_FIELDS = (
     Field("episode_metadata/episode_id", "text", "string", (), "Unique id within the run."),
 )
 
-SOURCES = ("real", "synthetic", "demo", "droid")
+# "evaluate": a policy's held-out evaluation rollouts, recorded but never trained on.
+SOURCES = ("real", "synthetic", "demo", "droid", "evaluate")
 
 
 def success_from_file_path(file_path: str) -> bool:

@@ -106,9 +106,10 @@ def label_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int)
     """Scores, writes `reward_score` / `kept` back, reports confusion matrices. Summary dict."""
     r = config.reward
     dirs = label_dataset_dirs(config, workdir, iteration)
-    params, params_from = reward_agent.load_trained_params(
-        config, workdir_lib.checkpoint_dir(workdir, "reward")
+    trained = workdir_lib.newest_checkpoint_dir(
+        workdir, "reward", iteration, reward_agent.is_trained
     )
+    params, params_from = reward_agent.load_trained_params(config, trained)
     model_cfg = reward_agent.model_config(config)
     tokenizer = reward_agent.reward_tokenizer(config)
     image_hw = rlds.open_dataset(dirs[0]).image_shape[:2]

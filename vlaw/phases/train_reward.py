@@ -20,9 +20,12 @@ next-token prediction of a one-token answer ("yes" for a success, "no" otherwise
 - after training, every training episode is scored once more and the summary reports the
   train accuracy at alpha and at the argmax decision.
 
-Iterations after the first reuse that checkpoint (the paper does not retrain the reward model),
-so the phase returns at once for `iteration > 0`. The model as configured, its inputs and its
-scoring: `vlaw.agents.reward`.
+It trains at iteration 1, the first with real rollouts, into `checkpoints/reward/iter_01`; later
+iterations reuse it (the paper does not retrain the reward model) and the phase returns at
+once, unless `loop.retrain_reward`, where each iteration continues from the previous
+iteration's reward model on all labelled rollouts so far. `label` scores with the newest
+reward model at or before its iteration. The model as configured, its inputs and its scoring:
+`vlaw.agents.reward`.
 """
 
 from typing import Any
@@ -42,10 +45,25 @@ from vlaw.train import trainer
 def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
     """Fine-tunes the reward model (iteration 0; later iterations keep it). Returns the summary."""
     r = config.reward
-    directory = workdir_lib.checkpoint_dir(workdir, "reward")
-    if iteration > 0:
-        logging.info("train_reward: iteration %d keeps the reward model of iteration 0", iteration)
-        return {"trained": False, "checkpoint_dir": directory, "reason": "paper: iteration 0 only"}
+    directory = workdir_lib.checkpoint_dir(workdir, "reward", iteration)
+    if iteration == 0:
+        raise ValueError(
+            "train_reward runs from iteration 1, the first with real rollouts to learn success "
+            "from (iteration 0 collects the demonstrations and trains the base policy)"
+        )
+    if iteration > 1 and not config.loop.retrain_reward:
+        kept = workdir_lib.newest_checkpoint_dir(
+            workdir, "reward", iteration, reward_agent.is_trained
+        )
+        logging.info("train_reward: iteration %d keeps the reward model in %s", iteration, kept)
+        return {"trained": False, "checkpoint_dir": kept, "reason": "paper: iteration 1 only"}
+    start = workdir_lib.model_start(
+        workdir,
+        "reward",
+        iteration,
+        str(r.train.init_from or ""),
+        is_trained=reward_agent.is_trained,
+    )
     dirs = workdir_lib.reward_training_dirs(
         workdir, iteration, include_demos=bool(r.train_on_demos)
     )
@@ -84,7 +102,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
             loss_fn=reward_agent.make_loss_fn(model_cfg, tokenizer),
             batches=batches,
             host_fn=host_fn,
-            initial_params=reward_agent.initial_params(config),
+            initial_params=reward_agent.initial_params(config, start.path),
             seed=seed,
             progress=r.progress,
         )
@@ -97,6 +115,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
         "checkpoint_dir": directory,
         "step": step,
         "dataset_dirs": dirs,
+        "init": start.kind,
         "final_loss": logged.get("loss"),
         "final_batch_accuracy": logged.get("accuracy"),  # argmax decision, last log window
         "nonfinite_count": logged.get("nonfinite_count"),

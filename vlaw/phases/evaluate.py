@@ -1,0 +1,86 @@
+"""A policy on the station: per-task success with Wilson 95 % intervals.
+
+    evaluate_phase(config, workdir, iteration)
+
+Evaluates the policy that `train_policy` trained at `iteration` (iteration 0: the base policy,
+fine-tuned on the demonstrations) for `evaluate.episodes_per_task` episodes per task, on
+layouts from the "evaluate" seed stream, which no training phase draws from; every iteration
+is evaluated on the same layouts, so policies are compared on equal footing. The episodes go
+through the Station protocol (`vlaw.rollout.episodes`), are recorded as RLDS to
+`iter_NN/evaluate` (source "evaluate": never trained on) and resume like `collect`'s. The
+figures go to `reports/iter_NN/metrics.json` and are printed as a table.
+"""
+
+import collections
+import os
+
+import ml_collections
+from absl import logging
+
+from vlaw import workdir as workdir_lib
+from vlaw.data import rlds
+from vlaw.eval.success import success_table, task_success
+from vlaw.rollout.episodes import record_dataset
+
+METRICS_FILE = "metrics.json"
+
+
+def evaluated_successes(dataset_dir: str) -> dict[str, dict]:
+    """{task: task_success(...) and the mean steps per episode} from a recorded dataset's
+    metadata (no image is decoded). Episodes run `sim.max_steps` steps: the station labels the
+    final state, after the success's holding period (Appendix B)."""
+    successes, steps = collections.Counter(), collections.defaultdict(list)
+    for raw in rlds.iter_raw_episodes(rlds.open_dataset(dataset_dir)):
+        metadata = rlds.metadata_from_raw(raw)
+        successes[metadata.task] += int(metadata.success)
+        steps[metadata.task].append(int(raw["num_steps"]))
+    return {
+        task: {
+            **task_success(successes[task], len(lengths)),
+            "mean_episode_steps": sum(lengths) / len(lengths),
+        }
+        for task, lengths in sorted(steps.items())
+    }
+
+
+def evaluate_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
+    """Evaluates iteration `iteration`'s policy (see the module docstring). Returns the summary
+    (the metrics.json payload)."""
+    if not config.sim.enabled:
+        raise ValueError(
+            "evaluate on a real DROID station needs the robot controller (vlaw/robot), which "
+            "this build does not include; set config.sim.enabled=True to use the simulator"
+        )
+    from vlaw.agents import policy as policy_agent  # JAX: only once a policy acts
+
+    directory = workdir_lib.checkpoint_dir(workdir, "policy", iteration)
+    if not policy_agent.is_trained(directory):
+        raise FileNotFoundError(
+            f"evaluate iter_{iteration:02d}: no policy in {directory}; run the train_policy "
+            f"phase of iteration {iteration} first"
+        )
+    dataset_dir = workdir_lib.evaluation_dir(workdir, iteration)
+    if not os.path.exists(dataset_dir):
+        policy = policy_agent.load_policy(
+            directory, seed=workdir_lib.phase_seed(config.seed, "evaluate", iteration)
+        )
+        per_task = int(config.evaluate.episodes_per_task)
+        # Iteration 0's layouts for every iteration: the same starts for every policy.
+        specs = workdir_lib.task_specs(config, "evaluate", 0, per_task)
+        record_dataset(
+            config, dataset_dir, specs, "evaluate", iteration, "vlaw_evaluate", policy=policy
+        )
+    per_task = evaluated_successes(dataset_dir)
+    metrics = {
+        "iteration": iteration,
+        "policy": "base" if iteration == 0 else f"iteration {iteration}",
+        "policy_checkpoint_dir": directory,
+        "dataset_dir": dataset_dir,
+        "tasks": per_task,
+    }
+    path = os.path.join(workdir_lib.reports_dir(workdir, iteration), METRICS_FILE)
+    workdir_lib.write_json(path, metrics)
+    table = success_table([(metrics["policy"], per_task)], list(per_task))
+    logging.info("evaluate iter_%02d (%s):\n%s", iteration, path, table)
+    print(table, flush=True)
+    return metrics
