@@ -35,8 +35,8 @@ def test_collect_through_the_launcher(tmp_path):
     assert config["loop"]["real_rollouts_per_task"] == 1
     assert config["tasks"] == ["stack"]
     state = json.loads((tmp_path / "state.json").read_text())
-    assert state["iter_00"]["collect"]["real"]["num_episodes"] == 1
-    assert (tmp_path / "iter_00" / "real" / "dataset_info.json").exists()
+    assert state["iter_00"]["collect"]["demos"]["num_episodes"] == 1
+    assert (tmp_path / "demos" / "dataset_info.json").exists()
 
 
 def test_misspelt_config_field_is_named(tmp_path):

@@ -20,13 +20,22 @@ def collected(tmp_path_factory):
     return config, workdir, summary
 
 
-def test_collect_writes_demos_and_real_rollouts(collected):
+def test_warm_start_collects_the_demonstrations_only(collected):
     config, workdir, summary = collected
     assert summary["demos"]["num_episodes"] == config.loop.warmstart_demos_per_task
-    assert summary["real"]["num_episodes"] == config.loop.real_rollouts_per_task
-    assert set(summary["real"]["success_rate"]) == {"scoop"}
+    assert set(summary["demos"]["success_rate"]) == {"scoop"}
+    assert summary["policy"].startswith("scripted_expert") and "real" not in summary
     assert os.path.isdir(os.path.join(workdir, "demos"))
-    assert os.path.isdir(os.path.join(workdir, "iter_00", "real"))
+    assert not os.path.exists(os.path.join(workdir, "iter_00"))
+
+
+def test_real_rollouts_need_the_previous_iterations_policy(collected):
+    """The scripted expert makes demonstrations only: iteration 1's rollouts are the base
+    policy's, so without it collect says which phase to run."""
+    config, workdir, _ = collected
+    with pytest.raises(FileNotFoundError, match="train_policy phase of iteration 0"):
+        pipeline.run_phase("collect", config, workdir, iteration=1)
+    assert not os.path.exists(os.path.join(workdir, "iter_01"))
 
 
 def test_plain_tfds_reads_droid_keys_and_dtypes(collected):
@@ -34,11 +43,11 @@ def test_plain_tfds_reads_droid_keys_and_dtypes(collected):
     import tensorflow_datasets as tfds
 
     config, workdir, _ = collected
-    builder = tfds.builder_from_directory(os.path.join(workdir, "iter_00", "real"))
+    builder = tfds.builder_from_directory(os.path.join(workdir, "demos"))
     episodes = list(builder.as_dataset(split="train"))
-    assert len(episodes) == config.loop.real_rollouts_per_task
+    assert len(episodes) == config.loop.warmstart_demos_per_task
     for episode in episodes:
-        assert episode["episode_metadata"]["source"].numpy() == b"real"
+        assert episode["episode_metadata"]["source"].numpy() == b"demo"
         steps = list(episode["steps"])
         assert len(steps) == config.sim.max_steps
         observation = steps[0]["observation"]
@@ -71,7 +80,7 @@ def test_rerun_keeps_what_exists(collected):
     again = pipeline.run_phase("collect", config, workdir, iteration=0)
     assert again == summary  # state.json marks the phase done
     forced = pipeline.run_phase("collect", config, workdir, iteration=0, force=True)
-    assert forced["demos"]["skipped"] and forced["real"]["skipped"]
+    assert forced["demos"]["skipped"]
 
 
 def test_interrupted_collect_resumes_the_count(tmp_path, monkeypatch):
@@ -102,7 +111,6 @@ def test_interrupted_collect_resumes_the_count(tmp_path, monkeypatch):
     summary = collect.collect_phase(config, workdir, 0)
     assert summary["demos"]["resumed_episodes"] == 1
     assert summary["demos"]["num_episodes"] == config.loop.warmstart_demos_per_task
-    assert summary["real"]["resumed_episodes"] == 0
     assert not os.path.exists(episodes.staging_dir(demos))
 
 

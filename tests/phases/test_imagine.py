@@ -73,11 +73,13 @@ def _write_world_model(config, workdir: str, iteration: int) -> None:
 
 
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory):
-    """collect at iteration 0, a policy of iteration 0 and a world model of iteration 1."""
+def prepared(tmp_path_factory, record_real_rollouts):
+    """collect at iteration 0 (+ rollouts in iter_00/real), a policy of iteration 0 and a
+    world model of iteration 1."""
     workdir = str(tmp_path_factory.mktemp("imagine"))
     config = _config()
     pipeline.run_phase("collect", config, workdir, iteration=0)
+    record_real_rollouts(config, workdir, 0)
     _write_policy(config, workdir, 0)
     _write_world_model(config, workdir, 1)
     return config, workdir
@@ -306,20 +308,21 @@ def test_label_scores_the_synthetic_episodes(imagined):
 
 @pytest.mark.slow
 def test_imagine_after_training_both_models(tmp_path):
-    """collect (0), train_policy (0), train_world_model (1) -> imagine (1) -> train_reward (0),
-    label (1)."""
+    """The loop's order: collect (0), train_policy (0), collect (1, the trained policy acting),
+    train_world_model (1), imagine (1), train_reward (1), label (1)."""
     config = _config()
     config.mesh.tensor = 4  # the world model's batch of 2 over data=2 (8 fake devices)
     config.policy.train.batch_size = 8
     workdir = str(tmp_path)
     pipeline.run_phase("collect", config, workdir, iteration=0)
     pipeline.run_phase("train_policy", config, workdir, iteration=0)
+    pipeline.run_phase("collect", config, workdir, iteration=1)
     pipeline.run_phase("train_world_model", config, workdir, iteration=1)
     summary = pipeline.run_phase("imagine", config, workdir, iteration=1)
     assert summary["num_episodes"] == ROLLOUTS
     model_cfg = wm.model_config(config)
     for episode in rlds.read_episodes(summary["dataset_dir"]):
         assert episode.image_shape == (*wm.pixel_size(model_cfg), 3)
-    pipeline.run_phase("train_reward", config, workdir, iteration=0)  # kept after iteration 0
+    pipeline.run_phase("train_reward", config, workdir, iteration=1)
     labelled = pipeline.run_phase("label", config, workdir, iteration=1)
     assert labelled["num_episodes"] == ROLLOUTS

@@ -1,6 +1,6 @@
 """The `label` phase on `experiments/scoop.py:tiny` data from `collect`, scored zero-shot by a
 reward model imported through `reward.train.init_from` (no training here: that is
-tests/train/test_reward_phase.py): scores and kept flags written back losslessly, confusion
+tests/phases/test_train_reward.py): scores and kept flags written back losslessly, confusion
 matrices that add up, a clear error for a missing dataset."""
 
 import os
@@ -20,20 +20,18 @@ DIRS = ("iter_{iteration:02d}/real", "demos")
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory):
+def collected(tmp_path_factory, record_real_rollouts):
     from experiments.scoop import get_config
 
     workdir = str(tmp_path_factory.mktemp("label"))
     config = get_config("tiny")
     config.reward.progress = False
     pipeline.run_phase("collect", config, workdir, iteration=0)
+    record_real_rollouts(config, workdir, 0)
     # A vlaw checkpoint of random tiny weights, imported as `init_from` (zero-shot labelling).
     model_cfg = reward.model_config(config)
     params = nn.unbox(reward.init_fn_for(model_cfg)(jax.random.PRNGKey(3)))
-    manager = checkpoints.make_manager(os.path.join(workdir, "pretrained"), config.ckpt)
-    checkpoints.save(manager, 0, {"params": params}, {})
-    manager.wait_until_finished()
-    manager.close()
+    checkpoints.save_params(os.path.join(workdir, "pretrained"), 0, params, config.ckpt)
     config.reward.train.init_from = os.path.join(workdir, "pretrained")
     return config, workdir
 

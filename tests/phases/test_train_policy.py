@@ -44,14 +44,16 @@ def _relabel(source_dir: str, target_dir: str, success: bool) -> None:
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory):
+def collected(tmp_path_factory, record_real_rollouts):
     """A workdir after `collect` (iteration 0) whose demos are relabelled successes (the tiny
-    preset's 30-step episodes all fail), and a pristine copy of its datasets."""
+    preset's 30-step episodes all fail), with failed rollouts in iter_00/real beside them (so
+    both weights of Eq. 4 are in play), and a pristine copy of its datasets."""
     import tensorflow as tf  # noqa: F401  (in play in this process, as in the real phase)
 
     workdir = str(tmp_path_factory.mktemp("policy_phase"))
     config = _config()
     pipeline.run_phase("collect", config, workdir, iteration=0)
+    record_real_rollouts(config, workdir, 0)
     pristine = str(tmp_path_factory.mktemp("pristine"))
     for name in ("demos", "iter_00"):
         shutil.copytree(os.path.join(workdir, name), os.path.join(pristine, name))
@@ -261,3 +263,20 @@ def test_init_from_an_openpi_checkpoint(collected, tmp_path):
     # 4 AdamW steps at lr <= 3e-4 move each weight by at most ~1.2e-3 from the import.
     trained = policy_lib.load_policy(workdir_lib.checkpoint_dir(run, "policy", 0)).params["params"]
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=2e-3), trained, params)
+
+
+def test_a_bad_init_from_is_refused_before_anything_is_written(collected, tmp_path):
+    """A mistyped `init_from` names itself and leaves the iteration unprepared, so the same
+    command with the path fixed (or removed) just works."""
+    _, workdir, _ = collected
+    run = str(tmp_path / "run")
+    shutil.copytree(os.path.join(workdir, "demos"), os.path.join(run, "demos"))
+    config = _config()
+    config.policy.train.init_from = str(tmp_path / "no_such_checkpoint")
+    with pytest.raises(FileNotFoundError, match="policy.train.init_from"):
+        train_policy_phase.prepare(config, run, 0)
+    directory = workdir_lib.checkpoint_dir(run, "policy", 0)
+    assert not os.path.exists(os.path.join(directory, "policy.json"))
+    config.policy.train.init_from = ""
+    spec, prepared_dir, _ = train_policy_phase.prepare(config, run, 0)
+    assert prepared_dir == directory and spec["init"] == {"kind": "scratch", "path": ""}

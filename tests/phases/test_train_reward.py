@@ -1,6 +1,6 @@
-"""`train_reward` then `label` on `experiments/scoop.py:tiny` data from `collect`, in process:
-checkpoint written, train accuracy reported, exact resume, a state.json no-op, iteration > 0
-keeps the model."""
+"""`train_reward` then `label` on `experiments/scoop.py:tiny` data (demonstrations and
+iteration 1's real rollouts), in process: checkpoint written, train accuracy reported, exact
+resume, a state.json no-op, later iterations keep the model unless told to retrain."""
 
 import json
 import os
@@ -16,7 +16,7 @@ from vlaw.agents import reward
 from vlaw.data import rlds
 from vlaw.phases.train_reward import train_reward_phase
 
-CHECKPOINTS = ("checkpoints", "reward")
+CHECKPOINTS = ("checkpoints", "reward", "iter_01")
 
 
 def _tiny_config():
@@ -31,16 +31,18 @@ def _tiny_config():
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory):
+def trained(tmp_path_factory, record_real_rollouts):
     workdir = str(tmp_path_factory.mktemp("reward"))
     config = _tiny_config()
     pipeline.run_phase("collect", config, workdir, iteration=0)
-    summary = pipeline.run_phase("train_reward", config, workdir, iteration=0)
+    record_real_rollouts(config, workdir, 1)
+    summary = pipeline.run_phase("train_reward", config, workdir, iteration=1)
     return config, workdir, summary
 
 
 def _params(config, workdir):
-    params, _ = reward.load_trained_params(config, workdir_lib.checkpoint_dir(workdir, "reward"))
+    directory = workdir_lib.checkpoint_dir(workdir, "reward", 1)
+    params, _ = reward.load_trained_params(config, directory)
     return jax.device_get(params)
 
 
@@ -48,11 +50,12 @@ def test_train_reward_writes_checkpoints_and_reports_accuracy(trained):
     config, workdir, summary = trained
     directory = os.path.join(workdir, *CHECKPOINTS)
     assert summary["trained"] and summary["step"] == config.reward.train.steps
+    assert summary["init"] == "scratch"
     steps = sorted(int(d) for d in os.listdir(directory) if d.isdigit())
     assert steps == [2, 4]  # save_every_steps=2 at tiny
     assert summary["dataset_dirs"] == [
         os.path.join(workdir, "demos"),
-        os.path.join(workdir, "iter_00", "real"),
+        os.path.join(workdir, "iter_01", "real"),
     ]
     episodes = rlds.count_episodes(summary["dataset_dirs"])
     for decision in ("alpha", "argmax"):
@@ -61,16 +64,22 @@ def test_train_reward_writes_checkpoints_and_reports_accuracy(trained):
     assert 0.0 <= summary["train_accuracy_alpha"] <= 1.0
     assert np.isfinite(summary["final_loss"]) and summary["nonfinite_count"] == 0
     with open(os.path.join(workdir, "state.json")) as f:
-        assert json.load(f)["iter_00"]["train_reward"]["step"] == 4
+        assert json.load(f)["iter_01"]["train_reward"]["step"] == 4
 
 
 def test_rerun_is_a_no_op_and_later_iterations_keep_the_model(trained):
     config, workdir, summary = trained
     mtime = os.path.getmtime(os.path.join(workdir, *CHECKPOINTS, "metrics.jsonl"))
-    assert pipeline.run_phase("train_reward", config, workdir, iteration=0) == summary
+    assert pipeline.run_phase("train_reward", config, workdir, iteration=1) == summary
     assert os.path.getmtime(os.path.join(workdir, *CHECKPOINTS, "metrics.jsonl")) == mtime
-    later = train_reward_phase(config, workdir, iteration=1)
+    later = train_reward_phase(config, workdir, iteration=2)
     assert later["trained"] is False
+    assert later["checkpoint_dir"] == os.path.join(workdir, *CHECKPOINTS)
+
+
+def test_iteration_0_has_nothing_to_learn_from(tmp_path):
+    with pytest.raises(ValueError, match="from iteration 1"):
+        train_reward_phase(_tiny_config(), str(tmp_path), iteration=0)
 
 
 # ~45 s on 2 CPU cores (a second compilation of the sharded step); the trainer's own exact
@@ -85,14 +94,14 @@ def test_resume_from_step_2_equals_training_straight_to_4(trained, tmp_path):
     shutil.copytree(workdir, copy)
     shutil.rmtree(os.path.join(copy, *CHECKPOINTS, "4"))
     config.reward.evaluate_after_training = False
-    resumed = train_reward_phase(config, copy, iteration=0)
+    resumed = train_reward_phase(config, copy, iteration=1)
     assert resumed["step"] == 4
     jax.tree.map(np.testing.assert_array_equal, _params(config, copy), straight)
 
 
 def test_label_with_the_trained_model(trained):
     config, workdir, _ = trained
-    summary = pipeline.run_phase("label", config, workdir, iteration=0)
+    summary = pipeline.run_phase("label", config, workdir, iteration=1)
     assert summary["reward_params"] == os.path.join(workdir, *CHECKPOINTS)
     episodes = list(rlds.read_episodes(summary["dataset_dirs"]))
     scores = np.asarray([e.metadata.reward_score for e in episodes])
@@ -128,14 +137,14 @@ def test_train_reward_learns_to_separate_successes(tmp_path):
         camera = f"observation/{config.reward.camera}"
         episode.observation[camera] = _block_video(episode.metadata.success, rng, episode.num_steps)
     workdir = str(tmp_path)
-    rlds.write_episodes(os.path.join(workdir, "iter_00", "real"), episodes, name="vlaw_real")
+    rlds.write_episodes(os.path.join(workdir, "iter_01", "real"), episodes, name="vlaw_real")
     config.mesh.tensor = 1
     config.reward.train_on_demos = False
     config.reward.label_batch_size = 8
     config.reward.train.update(steps=80, batch_size=8, learning_rate=3e-3, warmup_steps=2)
     config.reward.train.log_every_steps = 10
     config.ckpt.save_every_steps = 100
-    summary = train_reward_phase(config, workdir, iteration=0)
+    summary = train_reward_phase(config, workdir, iteration=1)
     print({k: summary[k] for k in ("final_loss", "train_accuracy_alpha", "train_confusion")})
     assert summary["train_confusion"]["num_known"] == 32
     assert summary["train_accuracy_alpha"] > 0.9

@@ -33,10 +33,11 @@ def _tiny_config():
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory):
+def collected(tmp_path_factory, record_real_rollouts):
     workdir = str(tmp_path_factory.mktemp("world_model"))
     config = _tiny_config()
     pipeline.run_phase("collect", config, workdir, iteration=0)
+    record_real_rollouts(config, workdir, 0)
     return config, workdir
 
 
@@ -193,13 +194,13 @@ def test_training_lowers_the_loss_on_a_fixed_batch(trained):
     """The per-step loss is dominated by the sampled noise level at batch 2; the fair check is
     the same batch with the same noise keys, at the initial and at the trained weights."""
     config, workdir, _ = trained
-    loaded = wm.load_world_model(config, workdir, 0)
+    loaded = wm.load_world_model(config, workdir_lib.checkpoint_dir(workdir, "world_model", 0))
     model, vae, spec, size = loaded.model, loaded.vae, loaded.spec, loaded.pixel_size
     model_cfg = model.config
     assert model_cfg.vae.scaling_factor == spec["scaling_factor"]
-    seed = wm.phase_seed(config, 0, salt=2)
+    seed = workdir_lib.phase_seed(config.seed, "train_world_model", 0)
     # The phase's own starting point (scratch UNet from its seed, the trained VAE).
-    initial = wm._initial_params(config, spec, model, vae, size, seed)
+    initial = wm.initial_params(spec, model, vae, size, seed)(None)
     trained_params = loaded.params
     dirs = workdir_lib.world_model_training_dirs(workdir, 0)
     sources = mixture.sources_from_config(dirs, config.data)
@@ -219,10 +220,10 @@ def test_training_lowers_the_loss_on_a_fixed_batch(trained):
 
 
 @pytest.mark.slow
-def test_iteration_1_starts_from_iteration_0(trained):
+def test_iteration_1_starts_from_iteration_0(trained, record_real_rollouts):
     config, workdir, _ = trained
     config.world_model.eval_windows = 0
-    pipeline.run_phase("collect", config, workdir, iteration=1)
+    record_real_rollouts(config, workdir, 1)
     summary = pipeline.run_phase("train_world_model", config, workdir, iteration=1)
     assert summary["init"] == "previous_iteration" and summary["vae"] == "trained"
     assert summary["dataset_dirs"][-1] == os.path.join(workdir, "iter_01", "real")

@@ -37,9 +37,10 @@ def _pixel_config(steps: int):
 
 
 @pytest.fixture(scope="module")
-def collected(tmp_path_factory):
+def collected(tmp_path_factory, record_real_rollouts):
     workdir = str(tmp_path_factory.mktemp("world_model_pixels"))
     pipeline.run_phase("collect", _pixel_config(4), workdir, iteration=0)
+    record_real_rollouts(_pixel_config(4), workdir, 0)
     return workdir
 
 

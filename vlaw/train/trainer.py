@@ -327,7 +327,7 @@ def train(
     batches: Any,
     logical_axis_rules: mesh_lib.Rules = mesh_lib.LOGICAL_AXIS_RULES,
     seed: int = 0,
-    init_params: Any | None = None,
+    initial_params: Callable[[Any], Any] | None = None,
     trainable: optim.Trainable = None,
     mesh: Mesh | None = None,
     progress: bool = True,
@@ -349,9 +349,10 @@ def train(
         batch (leading dimension `batch_size / process_count`).
       logical_axis_rules: (logical name, mesh axis or None) pairs; see mesh.py.
       seed: root of the init and training keys (the data pipeline seeds itself).
-      init_params: imported weights (unboxed, shaped like init_fn's tree) used instead of
-        `init_fn` when there is no checkpoint to resume; `train_config.init_from` (a vlaw run's
-        checkpoint directory) is the config route to the same thing.
+      initial_params: None (a fresh `init_fn`) or `target -> params`, called only when there is
+        no checkpoint to resume, with the abstract parameter tree (ShapeDtypeStructs carrying
+        their shardings); it returns placed jax.Arrays (`checkpoints.restore_params`) or host
+        arrays, which are shape-checked and placed shard by shard.
       trainable: None, a bool tree like the params, or `(path "a/b/kernel", abstract leaf)
         -> bool` (the leaf is a ShapeDtypeStruct);
         frozen leaves get no gradient, no update and no optimizer memory.
@@ -405,10 +406,8 @@ def train(
             abstract_state.params,
             param_sh,
         )
-        if init_params is None and train_config.get("init_from", ""):
-            placed = checkpoints.restore_params(train_config.init_from, target_params)
-        elif init_params is not None:
-            placed = _place_params(init_params, abstract_state.params, param_sh)
+        if initial_params is not None:
+            placed = _place_params(initial_params(target_params), abstract_state.params, param_sh)
         state = jax.jit(build, out_shardings=state_sh, donate_argnums=(2,))(
             init_rng, train_rng, placed
         )
