@@ -10,6 +10,7 @@ is written to <workdir>/config.json.
 """
 
 import os
+import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
@@ -52,5 +53,17 @@ def main(argv):
         pipeline.run_phase(_PHASE.value, config, workdir, _ITERATION.value, _FORCE.value)
 
 
+def parse_flags(argv: list[str]) -> list[str]:
+    """absl's parsing, with a misspelt `--config.a.b` override as one line instead of
+    ml_collections' traceback (it raises AttributeError/KeyError from inside the parser)."""
+    try:
+        return flags.FLAGS(argv)
+    except (AttributeError, KeyError) as error:
+        overrides = [a.split("=")[0] for a in argv[1:] if a.startswith("--config.")]
+        name = str(error).strip("\"'")
+        culprit = next((o for o in overrides if name in o.split(".")), ", ".join(overrides))
+        sys.exit(f"FATAL Flags parsing error: {culprit}: the config has no field {name!r}")
+
+
 if __name__ == "__main__":
-    app.run(main)
+    app.run(main, flags_parser=parse_flags)

@@ -35,6 +35,7 @@ from vlaw.models.reward.tokenizer import (
     build_small_tokenizer,
     load_tokenizer,
     prepare_inputs,
+    sample_frame_indices,
 )
 from vlaw.models.reward.vision import patchify_video
 
@@ -154,6 +155,8 @@ def main() -> None:
         ids = np.where(ids < 14, ids + 151_643, ids + 1_000)  # specials -> Qwen's 151643...
         yes, no = yes + 1_000, no + 1_000
     video = inputs["video"]
+    # What answer_probabilities takes: the sampled uint8 frames (resized on the device).
+    frames = np.stack([clip[sample_frame_indices(len(clip), args.frames)] for clip in clips])
 
     # transformers' model, random weights, and the same weights in our layout.
     torch.manual_seed(0)
@@ -170,12 +173,12 @@ def main() -> None:
     params = jax.device_put(params)
 
     # vlaw: device inputs, then the jitted read-out.
-    ids_d, video_d = jnp.asarray(ids), jnp.asarray(video)
+    ids_d, frames_d = jnp.asarray(ids), jnp.asarray(frames)
     mask_d = jnp.asarray(inputs["attention_mask"])
 
     def ours():
         return answer_probabilities(
-            params, ids_d, video_d, mask_d, config=config, yes_token_id=yes, no_token_id=no
+            params, ids_d, frames_d, mask_d, config=config, yes_token_id=yes, no_token_id=no
         )
 
     def ours_end_to_end():
@@ -188,7 +191,7 @@ def main() -> None:
         return answer_probabilities(
             params,
             fresh_ids,
-            fresh["video"],
+            frames,
             fresh["attention_mask"],
             config=config,
             yes_token_id=yes,

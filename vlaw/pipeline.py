@@ -57,7 +57,11 @@ def run_phase(
     """Runs one phase of one iteration unless state.json says it is done (or `force`)."""
     if name not in PHASES:
         raise ValueError(f"unknown phase {name!r}; available: {sorted(PHASES)}")
-    os.makedirs(workdir, exist_ok=True)
+    with workdir_lib.locked(workdir):
+        return _run_phase_locked(name, config, workdir, iteration, force)
+
+
+def _run_phase_locked(name, config, workdir: str, iteration: int, force: bool) -> dict:
     key = f"iter_{iteration:02d}"
     state = load_state(workdir)
     if not force and name in state.get(key, {}):
@@ -81,8 +85,9 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, force: bool = Fals
     success table of the base policy and every iteration."""
     from vlaw.phases import loop  # the evaluation table's imports load with the loop only
 
-    for iteration, name in loop.schedule(config):
-        run_phase(name, config, workdir, iteration, force)
+    with workdir_lib.locked(workdir):
+        for iteration, name in loop.schedule(config):
+            run_phase(name, config, workdir, iteration, force)
     table = loop.results_table(config, workdir)
     logging.info("VLAW in %s:\n%s", workdir, table)
     print(f"\nVLAW success rates ({workdir}; 95 % Wilson intervals):\n{table}", flush=True)

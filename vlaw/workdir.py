@@ -20,9 +20,14 @@ weights, which seed for phase X at iteration k" has one answer, and its JSON fil
 atomically (`write_json`, `read_json`). Nothing here imports JAX.
 """
 
+import contextlib
 import dataclasses
+import fcntl
+import json
 import os
-from collections.abc import Callable, Sequence
+import socket
+import time
+from collections.abc import Callable, Iterator, Sequence
 
 import numpy as np
 
@@ -229,3 +234,57 @@ def episode_seed(root_seed: int, stream: str, task: str, iteration: int, index: 
     task_key = sum(ord(c) * 31**i for i, c in enumerate(task)) % (2**31)
     entropy = [root_seed, EPISODE_STREAMS[stream], task_key, iteration, index]
     return int(np.random.SeedSequence(entropy).generate_state(1)[0])
+
+
+# --------------------------------------------------------------------------------------------
+# One process at a time.
+
+LOCK_FILE = ".lock"
+_held: dict[str, list] = {}  # workdir -> [open lock file, depth]: re-entrant within a process
+
+
+class WorkdirLockedError(RuntimeError):
+    """Another process is running a phase in the same run directory."""
+
+
+@contextlib.contextmanager
+def locked(workdir: str) -> Iterator[None]:
+    """Holds `workdir`'s lock while a phase (or the loop) runs in it.
+
+    An advisory `flock` on `<workdir>/.lock`, which also records the holder (pid, host, start):
+    a second process fails at once with an error naming the holder, instead of doing the same
+    work and colliding at the end. The kernel drops the lock when its process dies (even by
+    SIGKILL), so a stale lock file is simply taken over. Re-entrant within one process (the
+    loop holds it around its phases).
+    """
+    key = os.path.abspath(workdir)
+    if key in _held:
+        _held[key][1] += 1
+        try:
+            yield
+        finally:
+            _held[key][1] -= 1
+        return
+    os.makedirs(key, exist_ok=True)
+    handle = open(os.path.join(key, LOCK_FILE), "a+")  # noqa: SIM115 (held past this block)
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "an unknown process"
+        handle.close()
+        raise WorkdirLockedError(
+            f"{key} is in use by {holder}; wait for it to finish or stop it (one process per "
+            "run directory)"
+        ) from None
+    handle.seek(0)
+    handle.truncate()
+    holder = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.ctime()}
+    handle.write(json.dumps(holder))
+    handle.flush()
+    _held[key] = [handle, 1]
+    try:
+        yield
+    finally:
+        del _held[key]
+        handle.close()  # releases the flock

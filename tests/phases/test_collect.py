@@ -108,6 +108,11 @@ def test_interrupted_collect_resumes_the_count(tmp_path, monkeypatch):
     assert len(os.listdir(episodes.staging_dir(demos))) == 1  # ... its finished episode is kept
 
     monkeypatch.setattr(workers.StationPool, "expert_episodes", original)
+    # Other settings on the rerun would mix two kinds of episodes into one dataset: refused.
+    changed = config.copy_and_resolve_references()
+    changed.sim.expert_noise = 0.0
+    with pytest.raises(ValueError, match=r"other settings \(actor\)"):
+        collect.collect_phase(changed, workdir, 0)
     summary = collect.collect_phase(config, workdir, 0)
     assert summary["demos"]["resumed_episodes"] == 1
     assert summary["demos"]["num_episodes"] == config.loop.warmstart_demos_per_task

@@ -36,7 +36,8 @@ from vlaw.models.reward.tokenizer import (
     answer_token_ids,
     build_small_tokenizer,
     load_tokenizer,
-    prepare_inputs,
+    model_video,
+    prompt_inputs,
 )
 from vlaw.train import checkpoints, optim
 
@@ -94,12 +95,16 @@ def prompt_length(tokenizer, model_cfg: Qwen3VLConfig, image_hw: tuple[int, int]
     once: the tokens of a query with an empty instruction plus `reward.max_instruction_tokens`,
     rounded up to a multiple of 16."""
     r = config.reward
-    clip = np.zeros((r.num_frames, *image_hw, 3), np.uint8)
-    with jax.transfer_guard("allow"):
-        inputs = prepare_inputs(
-            tokenizer, [clip], [""], config=model_cfg, fps=FPS, num_frames=r.num_frames
-        )
-    length = inputs["input_ids"].shape[1] + int(r.max_instruction_tokens)
+    input_ids, _, _ = prompt_inputs(
+        tokenizer,
+        [r.num_frames],
+        [""],
+        frame_hw=tuple(image_hw),
+        config=model_cfg,
+        fps=FPS,
+        num_frames=r.num_frames,
+    )
+    length = input_ids.shape[1] + int(r.max_instruction_tokens)
     return -(-length // 16) * 16
 
 
@@ -111,24 +116,27 @@ def model_inputs(
     model_cfg: Qwen3VLConfig,
     length: int,
 ) -> dict[str, np.ndarray]:
-    """Host-side model inputs for clips already sampled to `num_frames` frames.
+    """Host-side model inputs for clips already sampled to `num_frames` frames: input_ids and
+    attention_mask (B, length) int32 and the clips themselves, `frames` (B, T, H, W, 3) uint8.
+    The resize and normalisation run on the device (`model_video`, inside the jitted loss and
+    scoring functions): a quarter of float32's bytes cross to the device, and no host sync.
 
     The same function serves training (`reward_batches` samples the frames) and labelling
     (`score_episodes` samples them with the same `uniform_frame_indices`), so both see
     identical prompts: the clip's frames are stamped as consecutive 15 Hz frames.
     """
-    # Resizing and normalising run through jax.image: a deliberate host->device->host round
-    # trip, allowed here even under the trainer's transfer guard.
-    with jax.transfer_guard("allow"):
-        return prepare_inputs(
-            tokenizer,
-            clips,
-            instructions,
-            config=model_cfg,
-            fps=FPS,
-            num_frames=clips[0].shape[0],
-            length=length,
-        )
+    frames = np.stack(clips)
+    input_ids, attention_mask, _ = prompt_inputs(
+        tokenizer,
+        [len(clip) for clip in clips],
+        instructions,
+        frame_hw=frames.shape[2:4],
+        config=model_cfg,
+        fps=FPS,
+        num_frames=frames.shape[1],  # every frame of an already-sampled clip
+        length=length,
+    )
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "frames": frames}
 
 
 def init_fn_for(model_cfg: Qwen3VLConfig):
@@ -147,7 +155,7 @@ def make_loss_fn(model_cfg: Qwen3VLConfig, tokenizer) -> Any:
         logits = answer_logits(
             optim.cast_for_compute(params, model_cfg.dtype),
             batch["input_ids"],
-            batch["video"],
+            model_video(batch["frames"], model_cfg),
             batch["attention_mask"],
             config=model_cfg,
         )
@@ -224,18 +232,21 @@ class EpisodeScores:
 def answer_probabilities(
     params,
     input_ids: jax.Array,
-    video: jax.Array,
+    frames: jax.Array,
     attention_mask: jax.Array,
     *,
     config: Qwen3VLConfig,
     yes_token_id: int,
     no_token_id: int,
 ) -> tuple[jax.Array, jax.Array]:
-    """(P(yes), P(no)) of the first answer token, full-vocabulary softmax. Shapes: -> (B,), (B,).
+    """(P(yes), P(no)) of the first answer token, full-vocabulary softmax. Shapes: input_ids,
+    attention_mask (B, L), frames (B, T, H, W, 3) uint8 (resized here, on the device) ->
+    (B,), (B,).
 
     Both from one forward: P(yes) > alpha is the paper's decision, P(yes) > P(no) the argmax
     one it is compared with.
     """
+    video = model_video(frames, config)
     logits = answer_logits(params, input_ids, video, attention_mask, config=config)
     log_probs = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
     return jnp.exp(log_probs[:, yes_token_id]), jnp.exp(log_probs[:, no_token_id])
@@ -292,7 +303,7 @@ def score_episodes(
         texts = [t for _, t in pending] + [pending[-1][1]] * (batch_size - real)
         inputs = model_inputs(tokenizer, clips, texts, model_cfg=model_cfg, length=length)
         # Dispatch is asynchronous: the next batch is decoded while this one runs.
-        p_yes, p_no = score(params, inputs["input_ids"], inputs["video"], inputs["attention_mask"])
+        p_yes, p_no = score(params, inputs["input_ids"], inputs["frames"], inputs["attention_mask"])
         outputs.append((p_yes, p_no, real))
         pending.clear()
 

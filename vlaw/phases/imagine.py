@@ -45,8 +45,6 @@ from vlaw.rollout import replay
 from vlaw.rollout.imagine import imagine_batch, steps_per_interaction
 from vlaw.rollout.imagine_plan import rollout_plan, start_states
 
-PLAN_FILE = "plan.json"
-
 
 def imagining_policy_dir(config, workdir: str, iteration: int) -> str:
     """The checkpoint directory of the policy that imagines (see the module docstring)."""
@@ -81,20 +79,6 @@ def _load_staged(staging: str, episode_id: str) -> Episode:
     return episodes_lib.load_staged_episode(_staged_path(staging, episode_id))
 
 
-def _check_plan(staging: str, plan: dict) -> None:
-    """Staged episodes belong to one plan: a rerun with other settings must not mix in."""
-    path = os.path.join(staging, PLAN_FILE)
-    stored = workdir_lib.read_json(path, default=plan)
-    changed = sorted(k for k in set(stored) | set(plan) if stored.get(k) != plan.get(k))
-    if changed:
-        raise ValueError(
-            f"{staging} holds episodes imagined with other settings ({', '.join(changed)}); "
-            "remove it to start over, or restore those settings to resume"
-        )
-    os.makedirs(staging, exist_ok=True)
-    workdir_lib.write_json(path, plan)
-
-
 def imagine_phase(
     config: ml_collections.ConfigDict,
     workdir: str,
@@ -127,7 +111,7 @@ def imagine_phase(
     staging = episodes_lib.staging_dir(dataset_dir)
     ids = [r.episode_id for r in plan]
     settings = dict(episode_ids=ids, interactions=interactions, batch_size=size, seed=seed)
-    _check_plan(staging, {**settings, "policy": os.path.abspath(policy_dir)})
+    episodes_lib.check_staging_plan(staging, {**settings, "policy": os.path.abspath(policy_dir)})
     staged = [all(os.path.exists(_staged_path(staging, r.episode_id)) for r in b) for b in batches]
     todo = [k for k, done in enumerate(staged) if not done]
     now = todo[:stop_after_batches] if stop_after_batches is not None else todo

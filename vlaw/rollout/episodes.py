@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterator, Sequence
 import numpy as np
 from absl import logging
 
+from vlaw.data.atomic_json import read_json, write_json
 from vlaw.data.episode import Episode, EpisodeMetadata
 from vlaw.rollout.station import (
     EpisodeRecorder,
@@ -139,6 +140,24 @@ def staging_dir(dataset_dir: str) -> str:
     return os.path.join(parent, f".{base}.episodes")
 
 
+PLAN_FILE = "plan.json"
+
+
+def check_staging_plan(staging: str, plan: dict) -> None:
+    """Staged episodes belong to one plan (their ids and the settings that made them): a rerun
+    with other settings is refused, naming what changed, instead of mixing both into one
+    dataset. The first call writes the plan."""
+    path = os.path.join(staging, PLAN_FILE)
+    stored = read_json(path, default=plan)
+    changed = sorted(k for k in set(stored) | set(plan) if stored.get(k) != plan.get(k))
+    if changed:
+        raise ValueError(
+            f"{staging} holds episodes made with other settings ({', '.join(changed)}); "
+            "restore those settings to resume, or remove that directory to start over"
+        )
+    write_json(path, plan)
+
+
 def save_staged_episode(directory: str, episode: Episode) -> str:
     """Writes one episode losslessly (compressed npz) and atomically (temp file, rename)."""
     os.makedirs(directory, exist_ok=True)
@@ -200,6 +219,17 @@ def record_dataset(
     from vlaw.data import rlds  # TensorFlow: this parent process only, never the sim workers
 
     staging = staging_dir(dataset_dir)
+    actor = f"scripted_expert(noise={config.sim.expert_noise:g})"
+    if policy is not None:
+        actor = policy.checkpoint
+    plan = {
+        "episode_ids": [episode_id(source, iteration, spec) for spec in specs],
+        "actor": actor,
+        "max_steps": int(config.sim.max_steps),
+        "open_loop_steps": int(config.policy.open_loop_steps),
+        "image_size": [int(config.data.image_height), int(config.data.image_width)],
+    }
+    check_staging_plan(staging, plan)
     staged = sorted(glob.glob(os.path.join(staging, "*.npz")))
     done = {os.path.basename(path)[: -len(".npz")] for path in staged}
     todo = [spec for spec in specs if episode_id(source, iteration, spec) not in done]

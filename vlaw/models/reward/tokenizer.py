@@ -177,6 +177,56 @@ def reward_prompt_ids(
     return list(tokenizer(text, add_special_tokens=False)["input_ids"])
 
 
+def prompt_inputs(
+    tokenizer,
+    trajectory_lengths: Sequence[int],
+    instructions: Sequence[str],
+    *,
+    frame_hw: tuple[int, int],
+    config,
+    fps: float = 15.0,
+    num_frames: int = 16,
+    length: int | None = None,
+) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+    """The text side of a batch of reward queries: (input_ids (B, L) int32, attention_mask
+    (B, L) int32, each query's sampled frame indices). Prompts are right-padded to `length`
+    (default: the longest), so a fixed `length` keeps jitted shapes constant across batches.
+
+    `trajectory_lengths[i]` frames of size `frame_hw` each; `num_frames` of them are sampled
+    uniformly (paper: 16), and the prompt carries their timestamps and one placeholder per
+    visual token of the frame size the model resizes them to (`resized_frame_size`).
+    """
+    if len(trajectory_lengths) != len(instructions):
+        raise ValueError("one instruction per trajectory")
+    size = resized_frame_size(*frame_hw, config.frame_factor)
+    per_side = config.vision.patch_size * config.vision.spatial_merge_size
+    tokens_per_frame = (size[0] // per_side) * (size[1] // per_side)
+    indices, prompts = [], []
+    for num_steps, instruction in zip(trajectory_lengths, instructions, strict=True):
+        index = sample_frame_indices(num_steps, num_frames)
+        stamps = frame_timestamps(index, fps, config.vision.temporal_patch_size)
+        prompts.append(reward_prompt_ids(tokenizer, instruction, stamps, tokens_per_frame))
+        indices.append(index)
+    length = length or max(map(len, prompts))
+    if max(map(len, prompts)) > length:
+        raise ValueError(f"a prompt of {max(map(len, prompts))} tokens exceeds length={length}")
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    input_ids = np.full((len(prompts), length), pad, np.int32)
+    attention_mask = np.zeros((len(prompts), length), np.int32)
+    for i, ids in enumerate(prompts):
+        input_ids[i, : len(ids)] = ids
+        attention_mask[i, : len(ids)] = 1
+    return input_ids, attention_mask, indices
+
+
+def model_video(frames, config):
+    """uint8 sampled frames (B, T, H, W, 3) -> the model's video (B, T, h, w, 3) in [-1, 1],
+    resized to multiples of `config.frame_factor`. Runs on the device inside a jitted
+    function, so only uint8 frames cross from the host."""
+    size = resized_frame_size(frames.shape[-3], frames.shape[-2], config.frame_factor)
+    return normalize_frames(frames, size)
+
+
 def prepare_inputs(
     tokenizer,
     trajectories: Sequence[np.ndarray],
@@ -187,41 +237,26 @@ def prepare_inputs(
     num_frames: int = 16,
     length: int | None = None,
 ) -> dict[str, np.ndarray]:
-    """Model inputs for a batch of reward queries (host side, numpy).
+    """Model inputs for a batch of reward queries, the video preprocessed here (tests, tools;
+    the training and scoring loops ship uint8 frames and call `model_video` under jit).
 
-    trajectories: one uint8 video (T_i, H, W, 3) per query (one camera), all of one frame size;
-    `num_frames` are sampled uniformly (paper: 16), resized to multiples of
-    `config.frame_factor` and normalised to [-1, 1]. Prompts are right-padded to `length`
-    (default: the longest), so a fixed `length` keeps jitted shapes constant across batches.
-
+    trajectories: one uint8 video (T_i, H, W, 3) per query (one camera), all of one frame size.
     Returns input_ids (B, L) int32, attention_mask (B, L) int32, video (B, num_frames, h, w, 3)
-    float32.
+    float32 in [-1, 1].
     """
-    if len(trajectories) != len(instructions):
-        raise ValueError("one instruction per trajectory")
     height, width = trajectories[0].shape[1:3]
-    size = resized_frame_size(height, width, config.frame_factor)
-    per_side = config.vision.patch_size * config.vision.spatial_merge_size
-    tokens_per_frame = (size[0] // per_side) * (size[1] // per_side)
-    videos, prompts = [], []
-    for frames, instruction in zip(trajectories, instructions):
-        if frames.shape[1:3] != (height, width):
-            raise ValueError("all trajectories of a batch must share one frame size")
-        index = sample_frame_indices(len(frames), num_frames)
-        videos.append(np.asarray(normalize_frames(frames[index], size)))
-        stamps = frame_timestamps(index, fps, config.vision.temporal_patch_size)
-        prompts.append(reward_prompt_ids(tokenizer, instruction, stamps, tokens_per_frame))
-    length = length or max(map(len, prompts))
-    if max(map(len, prompts)) > length:
-        raise ValueError(f"a prompt of {max(map(len, prompts))} tokens exceeds length={length}")
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    input_ids = np.full((len(prompts), length), pad, np.int32)
-    attention_mask = np.zeros((len(prompts), length), np.int32)
-    for i, ids in enumerate(prompts):
-        input_ids[i, : len(ids)] = ids
-        attention_mask[i, : len(ids)] = 1
-    return {
-        "input_ids": input_ids,
-        "attention_mask": attention_mask,
-        "video": np.stack(videos).astype(np.float32),
-    }
+    if any(frames.shape[1:3] != (height, width) for frames in trajectories):
+        raise ValueError("all trajectories of a batch must share one frame size")
+    input_ids, attention_mask, indices = prompt_inputs(
+        tokenizer,
+        [len(frames) for frames in trajectories],
+        instructions,
+        frame_hw=(height, width),
+        config=config,
+        fps=fps,
+        num_frames=num_frames,
+        length=length,
+    )
+    frames = np.stack([frames[index] for frames, index in zip(trajectories, indices, strict=True)])
+    video = np.asarray(model_video(frames, config))
+    return {"input_ids": input_ids, "attention_mask": attention_mask, "video": video}
