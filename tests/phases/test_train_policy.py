@@ -143,6 +143,11 @@ def test_load_policy_acts_in_the_station_action_space(trained):
     fresh = policy_lib.load_policy(workdir_lib.checkpoint_dir(workdir, "policy", 0))
     np.testing.assert_array_equal(fresh(observations, rng=key), keyed)
     np.testing.assert_array_equal(fresh(observations), actions)
+    # Noise keyed per episode: a row's actions do not depend on its batch-mates.
+    pair = policy(observations[:2], episode_calls=[(5, 0), (6, 3)])
+    other = policy(observations[1:], episode_calls=[(6, 3), (9, 0)])
+    np.testing.assert_allclose(pair[1], other[0], atol=1e-5)
+    assert not np.allclose(pair[1], policy(observations[1:2], episode_calls=[(6, 4)])[0])
 
 
 @pytest.mark.slow  # two more phase runs (~40 s each on 2 shared cores)

@@ -407,14 +407,25 @@ def save_policy(
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _sample(model: pi05.Pi05, params, images, tokens, token_mask, rng) -> jax.Array:
-    """uint8 images (B, 3, H, W, 3), tokens/mask (B, L) -> normalised actions (B, H, A).
+def _sample(model: pi05.Pi05, params, images, tokens, token_mask, rng, noise=None) -> jax.Array:
+    """uint8 images (B, 3, H, W, 3), tokens/mask (B, L) -> normalised actions (B, H, A), from
+    `noise` (B, H, A) when given, else from noise drawn with `rng`.
 
     Module-level, keyed on the (hashable) model: every policy of one configuration shares the
     compiled sampler, e.g. successive iterations' checkpoints in one process.
     """
     obs = device_observation(model.config, images, tokens, token_mask)
-    return pi05.sample_actions(model, params, obs, rng)
+    return pi05.sample_actions(model, params, obs, rng, noise=noise)
+
+
+@functools.partial(jax.jit, static_argnames=("shape",))
+def _episode_noise(root: jax.Array, seeds: jax.Array, calls: jax.Array, shape) -> jax.Array:
+    """One (H, A) standard normal draw per row, keyed by (episode seed, call index) alone."""
+
+    def one(seed, call):
+        return jax.random.normal(jax.random.fold_in(jax.random.fold_in(root, seed), call), shape)
+
+    return jax.vmap(one)(seeds, calls)
 
 
 class TrainedPolicy:
@@ -445,9 +456,20 @@ class TrainedPolicy:
         self._rng = jax.random.PRNGKey(seed)
         self._calls = 0
 
-    def __call__(self, observations: Sequence[Any], *, rng: jax.Array | None = None) -> np.ndarray:
-        """(B, H, 8) actions for B observations. `rng`: the sampling key; None takes this
-        policy's next own key (and advances the call counter, which an explicit key does not)."""
+    def __call__(
+        self,
+        observations: Sequence[Any],
+        *,
+        rng: jax.Array | None = None,
+        episode_calls: Sequence[tuple[int, int]] | None = None,
+    ) -> np.ndarray:
+        """(B, H, 8) actions for B observations.
+
+        Noise, in order of precedence: `episode_calls`, one (episode seed, call index) per row,
+        keys each row's noise by its episode and call alone, so an episode's actions do not
+        depend on which episodes share its batch or ran before it (a resumed `collect` redoes
+        an episode exactly); else `rng`, one key for the batch; else this policy's next own key
+        (advancing the call counter, which the others leave alone)."""
         images = np.stack(
             [np.stack([obs.images[name] for name in self.camera_slots]) for obs in observations]
         )
@@ -457,10 +479,17 @@ class TrainedPolicy:
         tokens, token_mask = self.preprocessor.tokens(
             [obs.instruction for obs in observations], state
         )
-        if rng is None:
+        noise = None
+        if episode_calls is not None:
+            seeds, calls = np.asarray(episode_calls, np.int64).reshape(-1, 2).T
+            shape = (self.config.action_horizon, self.config.action_dim)
+            noise = _episode_noise(self._rng, seeds % 2**31, calls, shape)
+            rng = self._rng  # unused: the noise is given
+        elif rng is None:
             rng = jax.random.fold_in(self._rng, self._calls)
             self._calls += 1
-        normalized = np.asarray(_sample(self.model, self.params, images, tokens, token_mask, rng))
+        normalized = _sample(self.model, self.params, images, tokens, token_mask, rng, noise)
+        normalized = np.asarray(normalized)
         actions = transforms.unnormalize(
             normalized[..., : droid.POLICY_ACTION_DIM],
             self.preprocessor.stats["actions"],

@@ -45,11 +45,15 @@ def policy_episodes(
     source: str = "real",
     iteration: int = 0,
     policy_checkpoint: str = "",
+    noise_per_episode: bool = False,
 ) -> Iterator[Episode]:
     """Rolls `policy` on `stations` for every spec (batches of `stations.batch_size`).
 
     Each episode runs `max_steps` steps, then the station labels it. A final partial batch
-    pads with repeats of its first spec whose episodes are dropped.
+    pads with repeats of its first spec whose episodes are dropped. `noise_per_episode`: the
+    policy is called with `episode_calls=[(spec.seed, call index)]` (a `TrainedPolicy` then
+    keys each row's sampling noise by its episode alone, so a resumed run redoes an episode
+    exactly, whatever batch it lands in).
     """
     batch_size = stations.batch_size
     for start in range(0, len(specs), batch_size):
@@ -68,9 +72,14 @@ def policy_episodes(
             )
             for obs, spec in zip(observations, batch_specs)
         ]
-        steps = 0
+        steps, call = 0, 0
         while steps < max_steps:
-            chunks = np.asarray(policy(observations), np.float64)
+            if noise_per_episode:
+                keys = [(spec.seed, call) for spec in batch_specs]
+                chunks = np.asarray(policy(observations, episode_calls=keys), np.float64)
+            else:
+                chunks = np.asarray(policy(observations), np.float64)
+            call += 1
             length = min(open_loop_steps, chunks.shape[1], max_steps - steps)
             records = stations.act(chunks[:, :length])
             for recorder, station_records in zip(recorders, records):
@@ -197,6 +206,7 @@ def _policy_stream(config, specs: list[TaskSpec], source: str, iteration: int, p
             source=source,
             iteration=iteration,
             policy_checkpoint=policy.checkpoint,
+            noise_per_episode=True,
         )
 
 
