@@ -35,6 +35,9 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     c.preset = preset  # tiny | sim | paper
     c.tasks = tuple(tasks)  # task families this run trains and evaluates on
     c.seed = 0  # root seed; every phase folds in its own name and the iteration
+    # What each iteration runs (vlaw/phases/loop.py): "vlaw", or the paper's baseline
+    # "filtered_bc" (vlaw/baselines/filtered_bc.py: the real successes only, no imagination).
+    c.method = "vlaw"
 
     # --- Data (vlaw/data) -------------------------------------------------------------------
     c.data = d = ml_collections.ConfigDict()

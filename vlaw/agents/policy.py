@@ -462,10 +462,14 @@ class TrainedPolicy:
         *,
         rng: jax.Array | None = None,
         episode_calls: Sequence[tuple[int, int]] | None = None,
+        noise: np.ndarray | jax.Array | None = None,
     ) -> np.ndarray:
         """(B, H, 8) actions for B observations.
 
-        Noise, in order of precedence: `episode_calls`, one (episode seed, call index) per row,
+        Noise, in order of precedence: `noise` itself, (B, action_horizon, action_dim) in the
+        model's normalised, padded action space (the flow's x at t = 1: a noise-space policy
+        such as DSRL's steers the frozen policy through it; the sampler is deterministic given
+        it); `episode_calls`, one (episode seed, call index) per row,
         keys each row's noise by its episode and call alone, so an episode's actions do not
         depend on which episodes share its batch or ran before it (a resumed `collect` redoes
         an episode exactly); else `rng`, one key for the batch; else this policy's next own key
@@ -479,8 +483,12 @@ class TrainedPolicy:
         tokens, token_mask = self.preprocessor.tokens(
             [obs.instruction for obs in observations], state
         )
-        noise = None
-        if episode_calls is not None:
+        if noise is not None:
+            expected = (len(observations), self.config.action_horizon, self.config.action_dim)
+            if tuple(np.shape(noise)) != expected:
+                raise ValueError(f"noise of shape {np.shape(noise)}; expected {expected}")
+            noise, rng = jnp.asarray(noise, jnp.float32), self._rng
+        elif episode_calls is not None:
             seeds, calls = np.asarray(episode_calls, np.int64).reshape(-1, 2).T
             shape = (self.config.action_horizon, self.config.action_dim)
             noise = _episode_noise(self._rng, seeds % 2**31, calls, shape)
