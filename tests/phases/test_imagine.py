@@ -326,3 +326,39 @@ def test_imagine_after_training_both_models(tmp_path):
     pipeline.run_phase("train_reward", config, workdir, iteration=1)
     labelled = pipeline.run_phase("label", config, workdir, iteration=1)
     assert labelled["num_episodes"] == ROLLOUTS
+
+
+@pytest.mark.slow  # a second imagine in a fresh process (~1 min on 2 free cores)
+def test_rollouts_split_over_devices_equal_one_device(imagined, tmp_path):
+    """The fixture imagined in this process, each batch of 2 split over 2 of the 8 fake
+    devices; a process with one device imagines the same episodes."""
+    import subprocess
+    import sys
+
+    config, workdir, _, episodes = imagined
+    assert imagine.rollout_mesh(2).devices.size == 2
+    _copy_prerequisites(workdir, str(tmp_path))
+    script = (
+        "import sys\n"
+        "from vlaw import pipeline\n"
+        "from vlaw.config import experiment_config\n"
+        "config = experiment_config(('scoop',), 'tiny')\n"
+        f"config.loop.synthetic_rollouts_per_task = {ROLLOUTS}\n"
+        "pipeline.run_phase('imagine', config, sys.argv[1], iteration=1)\n"
+    )
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "XLA_FLAGS": ""}
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    result = subprocess.run(
+        [sys.executable, "-c", script, str(tmp_path)],
+        cwd=root,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    synthetic = os.path.join(tmp_path, "iter_01", "synthetic")
+    for sharded, single in zip(episodes, rlds.read_episodes(synthetic), strict=True):
+        for key, value in sharded.observation.items():
+            np.testing.assert_array_equal(single.observation[key], value, err_msg=key)
+        for key, value in sharded.action_dict.items():
+            np.testing.assert_allclose(single.action_dict[key], value, atol=1e-5, err_msg=key)

@@ -33,6 +33,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from vlaw.data import droid
 from vlaw.data.episode import Episode, EpisodeMetadata
@@ -140,26 +141,53 @@ def _episode(rollout: Rollout, frames, joints, poses, stride: int, checkpoint: s
     return episode
 
 
+def rollout_mesh(batch_size: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D ("data",) mesh over as many of this process's devices as evenly split a batch
+    of `batch_size` rollouts: imagination is independent per rollout, so each device
+    imagines its rows (one device when the batch is odd, or there is one)."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    count = max(n for n in range(1, len(devices) + 1) if batch_size % n == 0)
+    return Mesh(np.asarray(devices[:count]), ("data",))
+
+
 def imagine_batch(
-    world, policy, rollouts: Sequence[Rollout], *, config, rng: jax.Array, bar=None
+    world,
+    policy,
+    rollouts: Sequence[Rollout],
+    *,
+    config,
+    rng: jax.Array,
+    bar=None,
+    mesh: Mesh | None = None,
 ) -> list[Episode]:
     """Closed-loop imagination of B rollouts (`world`: a `TrainedWorldModel`, `policy`: a
     `TrainedPolicy`, called with an explicit key). Returns their B episodes; their noise
-    depends on `rng` alone."""
+    depends on `rng` alone.
+
+    `mesh` (default: `rollout_mesh(B)`): the world model's memory, poses and text are split
+    over its "data" axis and its parameters replicated, so every device imagines B / n rows
+    of each chunk (the loop's dominant cost); the policy acts on the gathered frames."""
+    mesh = rollout_mesh(len(rollouts)) if mesh is None else mesh
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    replicated = NamedSharding(mesh, PartitionSpec())
+    params = jax.device_put(world.params, replicated)
     cfg, stride = world.model.config, int(config.world_model.frame_stride)
     interactions, steps = int(config.loop.imagine_interactions), steps_per_interaction(config)
     camera_size = (int(config.data.image_height), int(config.data.image_width))
     tool = jnp.asarray(kinematics.station_tool_transform(bool(config.sim.enabled)))
     instructions = [r.start.instruction for r in rollouts]
-    text = jnp.asarray(world.text(instructions))
+    text = jax.device_put(world.text(instructions), rows)
     joints = np.stack([r.start.joint_position for r in rollouts]).astype(np.float64)
     gripper = np.stack([r.start.gripper_position for r in rollouts]).astype(np.float64)
     camera = np.stack([r.start.images for r in rollouts])  # the policy's first look: real frames
-    first, latents = encode_start(world.vae, world.params["vae"], camera, size=world.pixel_size)
+    first, latents = encode_start(
+        world.vae, params["vae"], jax.device_put(camera, rows), size=world.pixel_size
+    )
     pose = np.asarray(kinematics.end_effector_poses(joints, gripper, tool), np.float64)
     memory = cw.init_memory(cfg, latents, cw.normalize_poses(pose, cfg), interactions)
-    # Committed to the device as `imagine_chunk`'s outputs are: one compilation, not two.
-    memory = jax.device_put(memory, jax.devices()[0])
+    # Placed as `imagine_chunk`'s outputs are (rows split, the length replicated): one
+    # compilation, not two.
+    memory = jax.device_put(memory, (rows, rows, replicated))
     frames, path, poses = [np.asarray(first)[:, None]], [joints[:, None]], [pose[:, None]]
     world_rng, policy_rng = jax.random.split(rng)
     for i in range(interactions):
@@ -182,9 +210,9 @@ def imagine_batch(
         memory, new_frames, camera = imagine_chunk(
             world.model,
             world.vae,
-            world.params,
+            params,
             memory,
-            jnp.asarray(chunk_poses[:, ::stride], jnp.float32),
+            jax.device_put(np.asarray(chunk_poses[:, ::stride], np.float32), rows),
             text,
             jax.random.fold_in(world_rng, i),
             policy_size=camera_size,
