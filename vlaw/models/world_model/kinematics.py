@@ -38,8 +38,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlaw import franka as panda  # numpy only: the Panda's datasheet limits and the sim's TCP
 from vlaw.data.droid import FRAME_RATE_HZ
-from vlaw.sim import panda  # numpy only: the Franka's datasheet limits and the sim's TCP
 
 # Modified DH rows (a, d, alpha) of the Franka Emika Panda / FR3 joints 1..7, metres / radians.
 FRANKA_DH = (
