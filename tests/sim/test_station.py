@@ -1,11 +1,14 @@
 """Every path from an action to MuJoCo checks it first: wrong shapes and non-finite values are
 refused with a ValueError that names the expected shape, and the simulator is left untouched."""
 
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
 from vlaw.rollout.station import TaskSpec
-from vlaw.sim.station import SimStation, SimStationBatch
+from vlaw.sim.station import SimStation
 
 
 @pytest.fixture(scope="module")
@@ -43,19 +46,32 @@ def test_a_valid_action_still_moves_the_arm(station):
 
 
 def test_batch_step_checks_every_active_row_before_moving_any():
-    batch = SimStationBatch(["stack", "stack"])
+    """In a fresh process: the batch renders, and this test process may hold TensorFlow."""
+    code = """
+import numpy as np
+from vlaw.rollout.station import TaskSpec
+from vlaw.sim.station import SimStationBatch
+
+batch = SimStationBatch(["stack", "stack"])
+batch.reset([TaskSpec("stack", 0), TaskSpec("stack", 1)])
+qpos = [s.data.qpos.copy() for s in batch.stations]
+actions = np.zeros((2, 8))
+actions[1, 3] = np.nan
+for bad, message in ((actions, "non-finite"), (np.zeros((2, 7)), "(2, 8) actions, got (2, 7)")):
     try:
-        batch.reset([TaskSpec("stack", 0), TaskSpec("stack", 1)])
-        qpos = [s.data.qpos.copy() for s in batch.stations]
-        actions = np.zeros((2, 8))
-        actions[1, 3] = np.nan
-        with pytest.raises(ValueError, match="non-finite"):
-            batch.step(actions)
-        with pytest.raises(ValueError, match=r"\(2, 8\) actions, got \(2, 7\)"):
-            batch.step(np.zeros((2, 7)))
-        for station, before in zip(batch.stations, qpos):
-            np.testing.assert_array_equal(station.data.qpos, before)
-        records = batch.step(actions, active=[True, False])  # an inactive row is not read
-        assert records[1] is None and records[0] is not None
-    finally:
-        batch.close()
+        batch.step(bad)
+        raise AssertionError("accepted " + message)
+    except ValueError as error:
+        assert message in str(error), error
+for station, before in zip(batch.stations, qpos):
+    assert np.array_equal(station.data.qpos, before)
+records = batch.step(actions, active=[True, False])  # an inactive row is not read
+assert records[1] is None and records[0] is not None
+batch.close()
+print("ok")
+"""
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.strip().endswith("ok")
