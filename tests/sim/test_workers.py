@@ -150,3 +150,34 @@ def test_an_expert_episode_error_waits_for_the_other_workers(pool):
         pool.label()
     observations = pool.reset([TaskSpec("stack", 1), TaskSpec("stack", 2)])
     assert [type(o) for o in observations] == [Observation, Observation]
+
+
+def test_same_seed_and_actions_give_identical_episodes_across_processes():
+    """Two worker processes, the same seeds: the scripted expert (whose actions follow from the
+    seed and the state) records identical frames, actions and labels in both, and so does a
+    fixed action chunk; erase (ink as task state) and scoop (many contacts) included."""
+    tasks = ["erase", "scoop"]
+    with StationPool(tasks * 2, num_workers=2, stations_per_worker=2) as pool:
+        specs = [TaskSpec(task, 3) for task in tasks]
+        episodes = list(pool.expert_episodes(specs * 2, noise=0.3, max_steps=60))
+        by_task = {task: [e for e in episodes if e.metadata.task == task] for task in tasks}
+        for task, (a, b) in by_task.items():
+            assert a.metadata.success == b.metadata.success, task
+            for key in a.observation:
+                np.testing.assert_array_equal(a.observation[key], b.observation[key], key)
+            for key in a.action_dict:
+                np.testing.assert_array_equal(a.action_dict[key], b.action_dict[key], key)
+        pool.reset(specs * 2)
+        chunk = np.random.default_rng(0).uniform(-0.6, 0.6, (1, 12, 8)).repeat(4, axis=0)
+        records = pool.act(chunk)
+        observations, labels = pool.observe(), pool.label()
+        for s in range(2):  # station s of worker 0 against station s of worker 1
+            first, second = observations[s], observations[s + 2]
+            np.testing.assert_array_equal(first.joint_position, second.joint_position)
+            for name in droid.CAMERA_NAMES:
+                np.testing.assert_array_equal(first.images[name], second.images[name])
+            assert labels[s] == labels[s + 2]
+            np.testing.assert_array_equal(
+                records[s][-1].action_dict["cartesian_position"],
+                records[s + 2][-1].action_dict["cartesian_position"],
+            )
