@@ -29,6 +29,15 @@ def test_no_task_is_a_success_at_reset(task):
         assert not station.label(), f"{task} seed {seed} succeeds at reset"
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("task", sorted(TASKS))
+def test_no_task_is_a_success_at_reset_on_twenty_seeds(task):
+    station = SimStation(task)
+    for seed in range(20):
+        station.reset(TaskSpec(task, seed))
+        assert not station.label(), f"{task} seed {seed} succeeds at reset"
+
+
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_reset_is_seeded(task):
     a, b, c = (_station(task, seed) for seed in (5, 5, 6))
