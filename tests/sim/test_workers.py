@@ -152,6 +152,17 @@ def test_an_expert_episode_error_waits_for_the_other_workers(pool):
     assert [type(o) for o in observations] == [Observation, Observation]
 
 
+def test_stopping_expert_episodes_early_keeps_the_pool_in_step(pool):
+    episodes = pool.expert_episodes(
+        [TaskSpec("stack", seed) for seed in range(4)], noise=0.0, max_steps=30
+    )
+    next(episodes)  # worker 1 may still owe its episode when the consumer stops
+    episodes.close()
+    assert "mujoco" in pool.loaded_modules()
+    observations = pool.reset([TaskSpec("stack", 1), TaskSpec("stack", 2)])
+    assert [o.instruction.startswith("stack the ") for o in observations] == [True, True]
+
+
 def test_same_seed_and_actions_give_identical_episodes_across_processes():
     """Two worker processes, the same seeds: the scripted expert (whose actions follow from the
     seed and the state) records identical frames, actions and labels in both, and so does a

@@ -348,8 +348,8 @@ class StationPool:
 
         Each worker takes up to `stations_per_worker` specs at a time whose tasks match its
         stations' tasks, in order; the order of the yielded episodes is the completion order.
-        A worker's error is raised once the other busy workers have replied (and so is a
-        consumer's early exit: the pool stays in step). Runs its own resets, so afterwards
+        A worker's error is raised once the other busy workers have replied, and a consumer
+        that stops early waits for them too, so the pool stays in step; after either,
         `observe`, `act` and `label` wait for a `reset`.
         """
         self._check_open()
