@@ -117,7 +117,7 @@ def erase_pressed_askew(station, tilt_deg: float) -> Iterator[Waypoint]:
         approach = [base.tool_rotation(stroke_yaw, t)[:2, 2] @ middle[:2] for t in outward]
         tilt = outward[int(np.argmax(approach))]
         yield Waypoint(middle + [0, 0, 0.12], stroke_yaw, gripper=1.0, tilt=tilt, max_steps=30)
-        # Aim the tissue's lowest corner at the stroke's middle, PRESS_DEPTH into the board.
+        # Aim the tissue's lowest edge at the stroke's middle, PRESS_DEPTH into the board.
         tcp, _ = station.tcp_pose()
         corners = _box_corners(data, "tissue", erase.TISSUE_HALF)
         lowest = corners[np.argsort(corners[:, 2])[:2]].mean(axis=0)  # the lowest edge
