@@ -2,6 +2,7 @@
 
   python benchmarks/sim.py                       # step/render table (one core)
   python benchmarks/sim.py --experts --episodes=20 --noise=0,0.3 --workers=2
+  python benchmarks/sim.py --adversaries --episodes=20 --workers=2
 
 Table: station-steps per second for a batch of B stations on one process (physics of 16
 substeps + three cameras at HxW), rendering either with one `mujoco.Renderer.render()` call per
@@ -10,10 +11,15 @@ read-back (what vlaw.sim does), plus physics alone. The ratio column is tiled / 
 It also writes a few rendered frames as PNG under --frames_dir for a person to look at.
 
 Expert sweep: success rate of each task's scripted expert at each noise level over seeds
-0..episodes-1 (fresh layouts), at `sim.max_steps` (150) steps, physics only, in processes.
+0..episodes-1 (fresh layouts), at `sim.max_steps` (150) steps, physics only, in processes, and
+the mean episode length at each noise level.
+
+Adversary sweep: how often each trivial policy and each task's adversarial script
+(vlaw/sim/adversaries.py) is labelled a success over the same seeds and steps (should be 0).
 """
 
 import argparse
+import collections
 import os
 import time
 
@@ -24,8 +30,10 @@ import numpy as np  # noqa: E402
 
 from vlaw.data import droid  # noqa: E402
 from vlaw.rollout.station import TaskSpec  # noqa: E402
+from vlaw.sim import adversaries  # noqa: E402
+from vlaw.sim.expert import ScriptedExpert  # noqa: E402
 from vlaw.sim.render import add_decorations  # noqa: E402
-from vlaw.sim.station import SimStationBatch  # noqa: E402
+from vlaw.sim.station import SimStation, SimStationBatch  # noqa: E402
 from vlaw.sim.tasks import TASKS  # noqa: E402
 
 
@@ -87,8 +95,6 @@ def write_frames(frames_dir: str, size: tuple[int, int]) -> None:
     """One tiled image per task (rows: reset and after 20 expert steps; columns: cameras)."""
     from PIL import Image
 
-    from vlaw.sim.expert import ScriptedExpert
-
     os.makedirs(frames_dir, exist_ok=True)
     for task in TASKS:
         batch = SimStationBatch([task], *size)
@@ -108,9 +114,6 @@ def write_frames(frames_dir: str, size: tuple[int, int]) -> None:
 
 def _expert_episode(job: tuple[str, float, int, int]) -> tuple[str, float, bool, int]:
     """One scripted-expert episode without rendering (success does not depend on pixels)."""
-    from vlaw.sim.expert import ScriptedExpert
-    from vlaw.sim.station import SimStation
-
     task, noise, seed, max_steps = job
     station = SimStation(task)
     station.reset(TaskSpec(task, seed))
@@ -138,14 +141,53 @@ def expert_sweep(args) -> None:
     with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
         results = pool.map(_expert_episode, jobs, chunksize=4)
     print(f"## scripted-expert success rate ({args.episodes} seeds, {args.max_steps} steps)")
-    print("| task | " + " | ".join(f"noise {n:g}" for n in noises) + " | mean steps |")
-    print("|---|" + "---|" * (len(noises) + 1))
+    header = [f"success, noise {n:g}" for n in noises] + [
+        f"mean steps, noise {n:g}" for n in noises
+    ]
+    print("| task | " + " | ".join(header) + " |")
+    print("|---|" + "---:|" * len(header))
     for task in args.tasks:
-        rates = [
-            np.mean([ok for t, n, ok, _ in results if t == task and n == noise]) for noise in noises
+        runs = {
+            noise: [(ok, n) for t, x, ok, n in results if t == task and x == noise]
+            for noise in noises
+        }
+        rates = [f"{np.mean([ok for ok, _ in runs[noise]]):.2f}" for noise in noises]
+        steps = [f"{np.mean([n for _, n in runs[noise]]):.0f}" for noise in noises]
+        print(f"| {task} | " + " | ".join(rates + steps) + " |")
+
+
+def _adversary_episode(job: tuple[str, str, int, int]) -> tuple[str, str, bool]:
+    task, name, seed, max_steps = job
+    success, _ = adversaries.run_policy(SimStation(task), name, seed, max_steps)
+    return task, name, success
+
+
+def adversary_sweep(args) -> None:
+    import multiprocessing
+
+    jobs = [
+        (task, name, seed, args.max_steps)
+        for task in args.tasks
+        for name in adversaries.policies_for(task)
+        for seed in range(args.episodes)
+    ]
+    with multiprocessing.get_context("spawn").Pool(args.workers) as pool:
+        results = pool.map(_adversary_episode, jobs, chunksize=4)
+    wins = collections.Counter((task, name) for task, name, success in results if success)
+    print(
+        f"## successes of trivial and adversarial policies (of {args.episodes} seeds, "
+        f"{args.max_steps} steps)"
+    )
+    print("| task | " + " | ".join(adversaries.TRIVIAL) + " | the task's shortcuts |")
+    print("|---|" + "---:|" * len(adversaries.TRIVIAL) + "---|")
+    for task in args.tasks:
+        trivial = [str(wins[task, name]) for name in adversaries.TRIVIAL]
+        shortcuts = [
+            f"{name} {wins[task, name]}"
+            for name in adversaries.policies_for(task)
+            if name not in adversaries.TRIVIAL
         ]
-        steps = np.mean([length for t, _, _, length in results if t == task])
-        print(f"| {task} | " + " | ".join(f"{r:.2f}" for r in rates) + f" | {steps:.0f} |")
+        print(f"| {task} | " + " | ".join(trivial) + " | " + ", ".join(shortcuts) + " |")
 
 
 def main() -> None:
@@ -157,6 +199,9 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=64)
     parser.add_argument("--frames_dir", default="/tmp/vlaw_sim_frames")
     parser.add_argument("--experts", action="store_true", help="run the expert sweep instead")
+    parser.add_argument(
+        "--adversaries", action="store_true", help="run the trivial/adversarial policy sweep"
+    )
     parser.add_argument("--tasks", nargs="+", default=sorted(TASKS))
     parser.add_argument("--episodes", type=int, default=20)
     parser.add_argument("--noise", default="0,0.3")
@@ -165,6 +210,8 @@ def main() -> None:
     args = parser.parse_args()
     if args.experts:
         expert_sweep(args)
+    elif args.adversaries:
+        adversary_sweep(args)
     else:
         throughput_table(args)
         write_frames(args.frames_dir, (args.height * 2, args.width * 2))

@@ -14,6 +14,8 @@ per joint (a third of that while pressing on a surface). Noise 0 gives near-perf
 demonstrations; measured success rates per noise level are in benchmarks/RESULTS.md.
 """
 
+from collections.abc import Iterator
+
 import mujoco
 import numpy as np
 
@@ -73,13 +75,18 @@ def operational_space_action(
 
 
 class ScriptedExpert:
-    """Follows a task's waypoint plan on one SimStation; `act()` -> (8,) action or None (done)."""
+    """Follows a waypoint plan on one SimStation; `act()` -> (8,) action or None (done).
 
-    def __init__(self, station, noise: float = 0.0, seed: int = 0):
+    The plan is the task's expert (`station.task.plan(station)`) unless another generator of
+    waypoints is given (the adversarial policies of vlaw/sim/adversaries.py)."""
+
+    def __init__(
+        self, station, noise: float = 0.0, seed: int = 0, plan: Iterator[Waypoint] | None = None
+    ):
         self.station = station
         self.noise = float(noise)
         self.rng = np.random.default_rng(seed)
-        self.plan = station.task.plan(station)
+        self.plan = station.task.plan(station) if plan is None else plan
         self.offset = np.zeros(3)
         self.waypoint: Waypoint | None = None
         self.steps_on_waypoint = 0

@@ -1,43 +1,32 @@
 """A Franka Emika Panda with a Robotiq-2F-85-like parallel gripper, as MJCF written from the
 published kinematics (no meshes: capsules, cylinders and boxes).
 
-Kinematics: Franka's modified (Craig) Denavit-Hartenberg table (frankaemika.github.io/docs,
-"Robot and interface specifications"), one row per joint i:
+The arm's numbers (Franka's modified DH table, the flange, joint position, velocity and torque
+limits, DROID's reset pose, the hand's yaw and this gripper's TCP offset) come from vlaw/franka.py
+and are re-exported here. In MJCF each link is a body whose frame is the DH transform
+T_i = RotX(alpha_{i-1}) TransX(a_{i-1}) RotZ(q_i) TransZ(d_i) at q_i = 0, with a hinge about its
+own z axis, so MuJoCo's forward kinematics and `dh_forward_kinematics` below must agree
+(tests/sim/test_panda.py checks it).
 
-    a_{i-1}   d_i     alpha_{i-1}
-    0         0.333   0
-    0         0       -pi/2
-    0         0.316   +pi/2
-    0.0825    0       +pi/2
-    -0.0825   0.384   -pi/2
-    0         0       +pi/2
-    0.088     0       +pi/2
-    flange:   d = 0.107 along z7
-
-with T_i = RotX(alpha_{i-1}) TransX(a_{i-1}) RotZ(q_i) TransZ(d_i). In MJCF each link is a body
-whose frame is that transform at q_i = 0, with a hinge about its own z axis, so MuJoCo's forward
-kinematics and `dh_forward_kinematics` below must agree (tests/sim/test_panda.py checks it).
-
-Limits (datasheet, shared/research/droid_rlds.md §3.5): joint positions, joint velocities and
-torques below. DROID's normalised joint velocity 1 means 0.2 rad per 15 Hz step; the station
-clamps every per-step delta to the datasheet velocity limit times the step length.
+DROID's normalised joint velocity 1 means 0.2 rad per 15 Hz step; the station clamps every
+per-step delta to the datasheet velocity limit times the step length.
 """
 
 import numpy as np
 
-DH_A = (0.0, 0.0, 0.0, 0.0825, -0.0825, 0.0, 0.088)  # a_{i-1}, metres
-DH_D = (0.333, 0.0, 0.316, 0.0, 0.384, 0.0, 0.0)  # d_i, metres
-DH_ALPHA = (0.0, -np.pi / 2, np.pi / 2, np.pi / 2, -np.pi / 2, np.pi / 2, np.pi / 2)
-FLANGE_D = 0.107  # flange along z7
-HAND_YAW = -np.pi / 4  # the hand sits rotated -45 deg about the flange z (as Franka's hand)
-TCP_OFFSET = 0.150  # flange -> point between the fingertips (2F-85-like: ~15 cm)
-
-JOINT_POSITION_MIN = np.array([-2.8973, -1.7628, -2.8973, -3.0718, -2.8973, -0.0175, -2.8973])
-JOINT_POSITION_MAX = np.array([2.8973, 1.7628, 2.8973, -0.0698, 2.8973, 3.7525, 2.8973])
-JOINT_VELOCITY_MAX = np.array([2.175, 2.175, 2.175, 2.175, 2.61, 2.61, 2.61])  # rad/s
-JOINT_TORQUE_MAX = np.array([87.0, 87.0, 87.0, 87.0, 12.0, 12.0, 12.0])  # N m
-# DROID's reset pose (droid/robot_env.py `reset_joints`).
-HOME_JOINT_POSITION = np.array([0.0, -np.pi / 5, 0.0, -4 * np.pi / 5, 0.0, 3 * np.pi / 5, 0.0])
+from vlaw.franka import (  # noqa: F401  (re-exported: the simulator's arm is this Franka)
+    DH_A,
+    DH_ALPHA,
+    DH_D,
+    FLANGE_D,
+    HAND_YAW,
+    HOME_JOINT_POSITION,
+    JOINT_POSITION_MAX,
+    JOINT_POSITION_MIN,
+    JOINT_TORQUE_MAX,
+    JOINT_VELOCITY_MAX,
+    TCP_OFFSET,
+)
 
 GRIPPER_STROKE = 0.085  # 2F-85: 85 mm between the pads when open
 FINGER_TRAVEL = GRIPPER_STROKE / 2  # each finger slides this far

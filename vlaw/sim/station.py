@@ -61,6 +61,21 @@ def euler_xyz_from_matrix(rotation: np.ndarray) -> np.ndarray:
     return np.array([roll, pitch, yaw])
 
 
+def validate_action(action) -> np.ndarray:
+    """One step's action as (8,) float64: 7 normalised joint velocities and the gripper
+    position. Raises ValueError for another shape or a non-finite value: MuJoCo would zero every
+    control of a step with a NaN in it (the gripper snapping shut) and record NaN state."""
+    action = np.asarray(action, dtype=np.float64)
+    if action.shape != (droid.POLICY_ACTION_DIM,):
+        raise ValueError(
+            f"an action must have shape ({droid.POLICY_ACTION_DIM},) (7 normalised joint "
+            f"velocities + gripper position), got {action.shape}"
+        )
+    if not np.all(np.isfinite(action)):
+        raise ValueError(f"action has non-finite values: {action}")
+    return action
+
+
 class SimStation:
     """One simulated station: physics, state and task. `SimStationBatch` renders it."""
 
@@ -134,7 +149,9 @@ class SimStation:
         refresh_positions(self.model, self.data)
 
     def apply_action(self, action: np.ndarray) -> StepRecord:
-        """Executes one (8,) action for 1/15 s; returns (observation before, command)."""
+        """Executes one (8,) action for 1/15 s; returns (observation before, command).
+        Raises ValueError (before touching the simulator) for an invalid action."""
+        action = validate_action(action)
         before = self.observation()
         joint_now = before.joint_position
         velocity = np.clip(action[:7], -1.0, 1.0)
@@ -236,13 +253,25 @@ class SimStationBatch:
     def step(
         self, actions: np.ndarray, active: Sequence[bool] | None = None
     ) -> list[StepRecord | None]:
-        """One control step of every active station: (B, 8) actions; None for inactive ones."""
+        """One control step of every active station: (B, 8) actions; None for inactive ones.
+        Every active station's action is checked before any station moves."""
+        actions = np.asarray(actions, np.float64)
+        if actions.shape != (self.batch_size, droid.POLICY_ACTION_DIM):
+            raise ValueError(
+                f"expected ({self.batch_size}, {droid.POLICY_ACTION_DIM}) actions, "
+                f"got {actions.shape}"
+            )
+        if active is not None and len(active) != self.batch_size:
+            raise ValueError(f"{len(active)} active flags for {self.batch_size} stations")
+        for b in range(self.batch_size):
+            if active is None or active[b]:
+                validate_action(actions[b])
         records: list[StepRecord | None] = []
         for b, station in enumerate(self.stations):
             if active is not None and not active[b]:
                 records.append(None)
                 continue
-            records.append(station.apply_action(np.asarray(actions[b], np.float64)))
+            records.append(station.apply_action(actions[b]))
         self.render(active)
         return records
 

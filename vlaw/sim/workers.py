@@ -17,6 +17,7 @@ import contextlib
 import multiprocessing
 import os
 import sys
+import time
 import traceback
 from collections.abc import Iterator, Sequence
 from multiprocessing.connection import Connection, wait
@@ -96,7 +97,7 @@ def _worker_main(connection: Connection, task_names: list[str], height: int, wid
     batch = None
     try:
         batch = SimStationBatch(task_names, height, width)
-        connection.send(("ready", None))
+        connection.send(("ok", None))  # ready
         while True:
             try:
                 command, args = connection.recv()
@@ -149,7 +150,10 @@ def _main_script_hidden():
 
 
 class WorkerError(RuntimeError):
-    """A simulator worker failed; the message carries its traceback."""
+    """A simulator worker failed or died; the message names it and carries its traceback."""
+
+
+CLOSE_SECONDS = 5.0  # how long `close` lets the workers exit on their own before ending them
 
 
 class StationPool:
@@ -157,6 +161,11 @@ class StationPool:
 
     Implements `StationBatch` over all stations in worker order, plus `expert_episodes`.
     Use as a context manager (or call `close`) so the workers exit.
+
+    Every call sends one command to each worker and reads every worker's reply before it
+    returns or raises, so the pipes never fall out of step. A worker that raises leaves the
+    pool usable, but a failed `reset` or `act` leaves the episode broken: `observe`, `act` and
+    `label` then raise until the next `reset`. A worker that dies closes the pool.
     """
 
     def __init__(
@@ -175,12 +184,14 @@ class StationPool:
         self.task_names = list(task_names)
         self._connections: list[Connection] = []
         self._processes = []
+        self._closed = False
+        self._owed: set[int] = set()  # workers that were sent a command and owe its reply
+        self._broken_episode = ""  # why observe/act/label must wait for a reset, if they must
         for w in range(num_workers):
             parent_end, child_end = context.Pipe()
-            names = self.task_names[w * stations_per_worker : (w + 1) * stations_per_worker]
             process = context.Process(
                 target=_worker_main,
-                args=(child_end, names, image_height, image_width),
+                args=(child_end, self._split(self.task_names)[w], image_height, image_width),
                 daemon=True,
                 name=f"vlaw-sim-{w}",
             )
@@ -189,8 +200,11 @@ class StationPool:
             child_end.close()
             self._connections.append(parent_end)
             self._processes.append(process)
-        for connection in self._connections:
-            self._receive(connection)
+        try:
+            self._gather("start", range(num_workers))
+        except WorkerError:
+            self.close()
+            raise
 
     @property
     def batch_size(self) -> int:
@@ -198,36 +212,117 @@ class StationPool:
 
     @property
     def num_workers(self) -> int:
-        return len(self._connections)
+        return len(self._processes)
 
-    def _receive(self, connection: Connection):
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    @property
+    def worker_pids(self) -> list[int]:
+        return [process.pid for process in self._processes]
+
+    # --- talking to the workers ------------------------------------------------------------
+    def _describe(self, w: int) -> str:
+        process = self._processes[w]
+        state = "running" if process.is_alive() else f"exit code {process.exitcode}"
+        stations = self._split(self.task_names)[w]
+        return f"worker {w} ({process.name}, pid {process.pid}, {state}, stations {stations})"
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise WorkerError("the station pool is closed")
+
+    def _send(self, w: int, command: str, args) -> str | None:
+        """Sends a command to worker `w`; returns why it could not (a dead worker) or None."""
         try:
-            status, payload = connection.recv()
-        except EOFError as error:
-            raise WorkerError("a simulator worker exited unexpectedly") from error
-        if status == "error":
-            raise WorkerError(payload)
-        return payload
+            self._connections[w].send((command, args))
+        except (BrokenPipeError, ConnectionResetError, EOFError, OSError) as error:
+            return f"{self._describe(w)} is gone ({type(error).__name__})"
+        self._owed.add(w)
+        return None
+
+    def _reply(self, w: int) -> tuple[str, object]:
+        """Worker `w`'s reply: ("ok", result), ("error", traceback) or ("dead", why)."""
+        try:
+            reply = self._connections[w].recv()
+            self._owed.discard(w)
+            return reply
+        except (EOFError, ConnectionResetError, OSError) as error:
+            self._owed.discard(w)
+            self._processes[w].join(timeout=1.0)  # let its exit code arrive for the message
+            return "dead", f"{self._describe(w)} exited unexpectedly ({type(error).__name__})"
+
+    def _gather(self, command: str, workers, failed: dict[int, str] | None = None) -> dict:
+        """Reads one reply from each of `workers` (all of them, even after an error); returns
+        {worker: result}, or raises one WorkerError naming every worker that failed. A dead
+        worker closes the pool."""
+        failed = dict(failed or {})
+        dead = set(failed)
+        results = {}
+        for w in workers:
+            if w in failed:
+                continue
+            status, payload = self._reply(w)
+            if status == "ok":
+                results[w] = payload
+            else:
+                failed[w] = payload if status == "dead" else f"{self._describe(w)}:\n{payload}"
+                if status == "dead":
+                    dead.add(w)
+        if failed:
+            if dead:
+                self.close()
+            reports = "\n".join(failed[w] for w in sorted(failed))
+            raise WorkerError(
+                f"{len(failed)} of {self.num_workers} simulator workers failed on "
+                f"{command!r}{'; the pool is closed' if dead else ''}:\n{reports}"
+            )
+        return results
 
     def _broadcast(self, command: str, per_worker_args: Sequence) -> list:
-        for connection, args in zip(self._connections, per_worker_args):
-            connection.send((command, args))
-        results = []
-        for connection in self._connections:
-            results.extend(self._receive(connection))
-        return results
+        """Sends `command` to every worker and returns their replies joined in worker order."""
+        self._check_open()
+        failed = {}
+        for w, args in enumerate(per_worker_args):
+            why = self._send(w, command, args)
+            if why is not None:
+                failed[w] = why
+        results = self._gather(command, range(self.num_workers), failed)
+        return [item for w in range(self.num_workers) for item in results[w]]
 
     def _split(self, items: Sequence) -> list:
         n = self.stations_per_worker
-        return [items[w * n : (w + 1) * n] for w in range(self.num_workers)]
+        return [items[w * n : (w + 1) * n] for w in range(len(items) // n)]
 
+    def _episode_call(self, command: str, per_worker_args: Sequence) -> list:
+        """A call inside an episode: refused while the episode is broken, and breaks it if it
+        fails on any worker (the stations are then no longer in one consistent state)."""
+        self._check_open()
+        if self._broken_episode:
+            raise WorkerError(
+                f"{command!r} needs a successful reset first ({self._broken_episode})"
+            )
+        try:
+            return self._broadcast(command, per_worker_args)
+        except WorkerError:
+            self._broken_episode = f"{command!r} failed"
+            raise
+
+    # --- StationBatch ----------------------------------------------------------------------
     def reset(self, tasks: Sequence[TaskSpec]) -> list[Observation]:
         if len(tasks) != self.batch_size:
             raise ValueError(f"{len(tasks)} task specs for {self.batch_size} stations")
-        return self._broadcast("reset", self._split(list(tasks)))
+        try:
+            observations = self._broadcast("reset", self._split(list(tasks)))
+        except WorkerError:
+            self._broken_episode = "the last reset failed"
+            raise
+        self._broken_episode = ""
+        return observations
 
     def observe(self) -> list[Observation]:
-        return self._broadcast("observe", [None] * self.num_workers)
+        return self._episode_call("observe", [None] * self.num_workers)
 
     def act(self, action_chunks: np.ndarray) -> list[list[StepRecord]]:
         chunks = np.asarray(action_chunks, np.float64)
@@ -235,10 +330,10 @@ class StationPool:
             raise ValueError(f"expected ({self.batch_size}, T, 8) actions, got {chunks.shape}")
         for chunk in chunks:
             validate_action_chunk(chunk)
-        return self._broadcast("act", self._split(chunks))
+        return self._episode_call("act", self._split(chunks))
 
     def label(self) -> list[bool]:
-        return self._broadcast("label", [None] * self.num_workers)
+        return self._episode_call("label", [None] * self.num_workers)
 
     def expert_episodes(
         self,
@@ -253,50 +348,85 @@ class StationPool:
 
         Each worker takes up to `stations_per_worker` specs at a time whose tasks match its
         stations' tasks, in order; the order of the yielded episodes is the completion order.
+        A worker's error is raised once the other busy workers have replied, and a consumer
+        that stops early waits for them too, so the pool stays in step; after either,
+        `observe`, `act` and `label` wait for a `reset`.
         """
+        self._check_open()
         pending = list(specs)
-        busy: dict[int, bool] = {}
-        while pending or busy:
-            for w, connection in enumerate(self._connections):
-                if w in busy or not pending:
-                    continue
-                names = self._split(self.task_names)[w]
-                chunk = []
-                for spec in list(pending):
-                    if len(chunk) < len(names) and spec.task == names[len(chunk)]:
-                        chunk.append(spec)
-                        pending.remove(spec)
-                if chunk:
-                    args = dict(
-                        specs=chunk,
-                        noise=noise,
-                        max_steps=max_steps,
-                        source=source,
-                        iteration=iteration,
-                    )
-                    connection.send(("expert_episodes", args))
-                    busy[w] = True
-            if not busy:
-                raise ValueError(f"no station runs the tasks of {[s.task for s in pending]}")
-            ready = wait([self._connections[w] for w in busy])
-            for w in list(busy):
-                if self._connections[w] in ready:
-                    del busy[w]
-                    yield from self._receive(self._connections[w])
+        busy: set[int] = set()
+        try:
+            while pending or busy:
+                failed = {}
+                for w in range(self.num_workers):
+                    if w in busy or not pending:
+                        continue
+                    names = self._split(self.task_names)[w]
+                    chunk = []
+                    for spec in list(pending):
+                        if len(chunk) < len(names) and spec.task == names[len(chunk)]:
+                            chunk.append(spec)
+                            pending.remove(spec)
+                    if chunk:
+                        args = dict(
+                            specs=chunk,
+                            noise=noise,
+                            max_steps=max_steps,
+                            source=source,
+                            iteration=iteration,
+                        )
+                        why = self._send(w, "expert_episodes", args)
+                        if why is not None:
+                            failed[w] = why
+                        busy.add(w)
+                if failed:
+                    owed, busy = sorted(busy), set()
+                    self._gather("expert_episodes", owed, failed)
+                if not busy:
+                    raise ValueError(f"no station runs the tasks of {[s.task for s in pending]}")
+                ready = wait([self._connections[w] for w in busy])
+                done = [w for w in sorted(busy) if self._connections[w] in ready]
+                busy.difference_update(done)
+                results = self._gather("expert_episodes", done)
+                for w in done:
+                    yield from results[w]
+        except BaseException:  # an error, or a consumer that stopped early (GeneratorExit)
+            self._broken_episode = "expert episodes were interrupted"
+            raise
+        finally:
+            # Read the replies still owed, so the next call finds the pipes in step.
+            owed = sorted(busy & self._owed)
+            if owed and not self._closed:
+                with contextlib.suppress(WorkerError):
+                    self._gather("expert_episodes (left over)", owed)
 
     def loaded_modules(self) -> list[str]:
         """Top-level modules imported in each worker (concatenated)."""
         return self._broadcast("loaded_modules", [None] * self.num_workers)
 
     def close(self) -> None:
-        for connection in self._connections:
-            with contextlib.suppress(BrokenPipeError, OSError):  # a worker that already died
-                connection.send(("close", None))
+        """Asks every worker to exit, then ends any still running after `CLOSE_SECONDS` (a
+        worker blocked on a reply nobody reads, or a hung one). Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for w, process in enumerate(self._processes):
+            if w in self._owed:  # busy with a reply nobody will read (it may block on it)
+                process.terminate()
+            elif process.is_alive():
+                self._send(w, "close", None)
+        deadline = time.monotonic() + CLOSE_SECONDS
         for process in self._processes:
-            process.join(timeout=10)
+            process.join(timeout=max(0.0, deadline - time.monotonic()))
+        for process in self._processes:
             if process.is_alive():
                 process.terminate()
-        self._connections = []
+                process.join(timeout=1.0)
+            if process.is_alive():
+                process.kill()
+                process.join()
+        for connection in self._connections:
+            connection.close()
 
     def __enter__(self) -> "StationPool":
         return self

@@ -27,7 +27,7 @@ The `imagine` phase executes the policy's velocities as a Franka would instead
 (`integrate_joint_velocities`: per-step deltas within the datasheet velocity and position
 limits) and poses the frame each station records as `cartesian_position`
 (`station_tool_transform`, `end_effector_poses`). No MuJoCo here: the limits and the
-simulator's tool frame come from vlaw.sim.panda, which is plain numpy.
+simulator's tool frame come from vlaw.franka, which is plain numpy.
 """
 
 from __future__ import annotations
@@ -38,22 +38,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlaw import franka  # numpy only: the Panda's DH table, datasheet limits and the sim's TCP
 from vlaw.data.droid import FRAME_RATE_HZ
-from vlaw.sim import panda  # numpy only: the Franka's datasheet limits and the sim's TCP
 
 # Modified DH rows (a, d, alpha) of the Franka Emika Panda / FR3 joints 1..7, metres / radians.
-FRANKA_DH = (
-    (0.0, 0.333, 0.0),
-    (0.0, 0.0, -math.pi / 2),
-    (0.0, 0.316, math.pi / 2),
-    (0.0825, 0.0, math.pi / 2),
-    (-0.0825, 0.384, -math.pi / 2),
-    (0.0, 0.0, math.pi / 2),
-    (0.088, 0.0, math.pi / 2),
-)
-FLANGE_D = 0.107
-TOOL_ROTATION = -math.pi / 4  # about the flange z axis
-TOOL_D = 0.1034
+FRANKA_DH = franka.DH_ROWS
+FLANGE_D = franka.FLANGE_D
+TOOL_ROTATION = franka.HAND_YAW  # about the flange z axis
+TOOL_D = franka.FRANKA_HAND_TCP_D
 RAD_PER_UNIT_VELOCITY = 0.2  # normalised joint velocity 1 <-> 0.2 rad per 15 Hz step
 
 
@@ -133,25 +125,25 @@ def integrate_joint_velocities(joint_position: np.ndarray, velocities: np.ndarra
     by 0.2 v within the datasheet velocity limit, then within the position limits (unlike
     `poses_from_joint_velocities`, which integrates without limits as Ctrl-World does).
     (B, 7), (B, K, 7) -> joints (B, K + 1, 7) float64, the first the given ones."""
-    max_delta = panda.JOINT_VELOCITY_MAX / FRAME_RATE_HZ
+    max_delta = franka.JOINT_VELOCITY_MAX / FRAME_RATE_HZ
     joints = [np.asarray(joint_position, np.float64)]
     for k in range(velocities.shape[1]):
         delta = np.clip(RAD_PER_UNIT_VELOCITY * velocities[:, k], -max_delta, max_delta)
         joints.append(
-            np.clip(joints[-1] + delta, panda.JOINT_POSITION_MIN, panda.JOINT_POSITION_MAX)
+            np.clip(joints[-1] + delta, franka.JOINT_POSITION_MIN, franka.JOINT_POSITION_MAX)
         )
     return np.stack(joints, axis=1)
 
 
 def station_tool_transform(simulated: bool) -> np.ndarray:
     """(4, 4) flange -> the frame whose pose a station records as `cartesian_position`: the
-    simulator's TCP (vlaw/sim/panda.py) when `simulated`, else the flange itself, as DROID
+    simulator's TCP (vlaw/sim/franka.py) when `simulated`, else the flange itself, as DROID
     records it."""
     tool = np.eye(4, dtype=np.float32)
     if simulated:
-        c, s = np.cos(panda.HAND_YAW), np.sin(panda.HAND_YAW)
+        c, s = np.cos(franka.HAND_YAW), np.sin(franka.HAND_YAW)
         tool[:2, :2] = [[c, -s], [s, c]]
-        tool[2, 3] = panda.TCP_OFFSET
+        tool[2, 3] = franka.TCP_OFFSET
     return tool
 
 

@@ -163,6 +163,11 @@ class DrawTask(base.Task):
         )
 
     def plan(self, station):
+        return self.circle_plan(station, CIRCLE_RADIUS, turns=1.08)
+
+    def circle_plan(self, station, radius: float, turns: float):
+        """Waypoints that take the marker from its stand and draw `turns` turns of a circle of
+        `radius` (board metres) at a seeded place on the board."""
         data = station.data
         marker = data.body("marker")
         top = marker.xpos[2] + MARKER_HALF_LENGTH
@@ -171,10 +176,10 @@ class DrawTask(base.Task):
         yield base.Waypoint(grasp, gripper=0.3, tolerance=0.005, max_speed=0.3)
         yield base.Waypoint(grasp, gripper=1.0, min_steps=5, tolerance=1.0, noisy=False)
         yield base.Waypoint(grasp + [0, 0, 0.12], gripper=1.0, max_speed=0.3, noisy=False)
-        limit = np.array(whiteboard.BOARD_HALF[:2]) - whiteboard.INK_MARGIN - CIRCLE_RADIUS
+        limit = np.array(whiteboard.BOARD_HALF[:2]) - whiteboard.INK_MARGIN - radius
         center = np.random.default_rng(station.seed).uniform(-limit, limit)
-        angles = np.linspace(0.0, 2 * np.pi * 1.08, 28)
-        circle = center + CIRCLE_RADIUS * np.stack([np.cos(angles), np.sin(angles)], axis=1)
+        angles = np.linspace(0.0, 2 * np.pi * turns, max(8, round(26 * turns)))
+        circle = center + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
         path = whiteboard.to_world(data, np.c_[circle, np.zeros(len(circle))])
 
         def pressing_height() -> float:

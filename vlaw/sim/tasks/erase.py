@@ -5,8 +5,10 @@ The tissue is a crumpled wad: a small box whose contact with the board is a spri
 it squashes a few millimetres under the pressure of a wipe. Ink is task state: dots along each
 stroke, in board coordinates.
 A dot is wiped off when the tissue presses on the board with a total normal force of at least
-`ERASE_FORCE` while the dot lies under the tissue's footprint, checked four times per control
-step. Pressing too lightly, or missing part of a stroke, leaves ink behind.
+`ERASE_FORCE` while the tissue's surface is at the dot (within `WIPE_REACH` of the box: the
+wad squashes a few millimetres into the board, so a face pressed flat covers the dots beneath
+it, while a wad pressed on an edge wipes only the narrow strip along that edge), checked four
+times per control step. Pressing too lightly, or missing part of a stroke, leaves ink behind.
 
 Appendix B: success if all visible strokes are removed (at most `MAX_REMAINING` of the ink
 left, i.e. no clearly detectable mark) at the end of the episode.
@@ -22,6 +24,7 @@ DOT_SPACING = 0.006
 DOT_RADIUS = 0.0035
 MAX_REMAINING = 0.03  # fraction of ink dots allowed to remain
 INK_RGBA = (0.1, 0.15, 0.65, 1.0)
+WIPE_REACH = 0.003  # metres: ink this close to the tissue's surface is wiped
 PRESS_DEPTH = 0.016  # how far below the surface the expert aims the tissue's underside
 
 
@@ -97,13 +100,14 @@ class EraseTask(base.Task):
             return
         tissue = data.geom("tissue")
         rotation = tissue.xmat.reshape(3, 3)
-        half = np.array(TISSUE_HALF[:2]) + 0.003
         origin, board_rotation = self.frame
         for stroke, remaining in zip(self.strokes, self.remaining):
             world = np.c_[stroke, np.zeros(len(stroke))] @ board_rotation.T + origin
             local = (world - tissue.xpos) @ rotation
-            under = np.all(np.abs(local[:, :2]) <= half, axis=1)
-            remaining &= ~under
+            # Distance from each dot to the tissue's box (0 inside it, where it squashes into
+            # the board): all three axes, so a tilted wad wipes only where it reaches the board.
+            outside = np.maximum(np.abs(local) - np.array(TISSUE_HALF), 0.0)
+            remaining &= np.linalg.norm(outside, axis=1) > WIPE_REACH
 
     def decorations(self):
         dots = [stroke[remaining] for stroke, remaining in zip(self.strokes, self.remaining)]
@@ -113,7 +117,9 @@ class EraseTask(base.Task):
     def success(self, model, data) -> bool:
         return self.remaining_fraction() <= MAX_REMAINING
 
-    def plan(self, station):
+    def pick_up(self, station):
+        """Waypoints that grasp the tissue by its top and lift it; the return value (`yield
+        from`) is (hand yaw, tool height that presses the tissue PRESS_DEPTH into the board)."""
         data = station.data
         tissue = data.body("tissue")
         grasp = tissue.xpos + [0, 0, TISSUE_HALF[2] - 0.005]  # hold its top, wipe with the rest
@@ -125,7 +131,11 @@ class EraseTask(base.Task):
         # The tissue's underside sits this far below the tool centre point.
         tcp_position, _ = station.tcp_pose()
         drop = tcp_position[2] - (data.body("tissue").xpos[2] - TISSUE_HALF[2])
-        press_height = whiteboard.BOARD_TOP + drop - PRESS_DEPTH
+        return yaw, whiteboard.BOARD_TOP + drop - PRESS_DEPTH
+
+    def plan(self, station):
+        data = station.data
+        yaw, press_height = yield from self.pick_up(station)
         for stroke in self.strokes:
             path = whiteboard.to_world(data, np.c_[stroke, np.zeros(len(stroke))])
             path[:, 2] = press_height

@@ -5,9 +5,13 @@ apart by colour) and a bowl are placed at random; the robot grasps the handle, c
 scoop over the bowl and tips it about the handle's axis. Granules are free spheres, so tipping
 too fast or too far from the bowl spills them.
 
-Appendix B: success if at least a minimum amount reached the bowl and the majority of the
-items that left the scoop are in the bowl rather than spilled. The scene starts with the scoop
-filled: the digging half of scooping is not simulated, the carrying and pouring half is.
+Appendix B: success if at least a minimum amount was transferred into the bowl and the
+majority of the transferred items (those that left the scoop) are in the bowl rather than
+spilled. A granule still inside the scoop's cup has not been transferred wherever the scoop is,
+and a scoop put down in the bowl is not a transfer: with the cup inside the bowl nothing counts
+(otherwise setting the full scoop down in the bowl would pass for pouring). The scene starts
+with the scoop filled: the digging half of scooping is not simulated, the carrying and pouring
+half is.
 """
 
 import copy
@@ -165,18 +169,28 @@ class ScoopTask(base.Task):
             & (in_scoop_frame[:, 2] > -0.005)
             & (in_scoop_frame[:, 2] < CUP_DEPTH + 0.03)
         )
-        in_scoop &= ~in_bowl
+        in_bowl &= ~in_scoop  # still in the cup: not transferred, even with the cup in the bowl
         return {
             "in_bowl": int(in_bowl.sum()),
             "in_scoop": int(in_scoop.sum()),
             "spilled": int((~in_bowl & ~in_scoop).sum()),
         }
 
+    def scoop_in_bowl(self, data) -> bool:
+        """Whether the cup is (even partly) inside the bowl: its bottom below the bowl's rim and
+        over the bowl's opening."""
+        bowl = data.body("bowl")
+        cup = (data.body("scoop").xpos - bowl.xpos) @ bowl.xmat.reshape(3, 3)
+        return bool(np.linalg.norm(cup[:2]) < BOWL_RADIUS + CUP_HALF and cup[2] < BOWL_HEIGHT)
+
     def success(self, model, data) -> bool:
         counts = self.counts(data)
-        return counts["in_bowl"] >= MIN_IN_BOWL and counts["in_bowl"] > counts["spilled"]
+        transferred = counts["in_bowl"] >= MIN_IN_BOWL and counts["in_bowl"] > counts["spilled"]
+        return transferred and not self.scoop_in_bowl(data)
 
-    def plan(self, station):
+    def carry_to_bowl(self, station):
+        """Waypoints that grasp the scoop's handle and carry the level cup over the bowl; its
+        return value (`yield from`) is (hand yaw, tool position over the bowl)."""
         data = station.data
         handle = data.geom("handle")
         handle_axis = handle.xmat.reshape(3, 3)[:, 0]
@@ -193,6 +207,10 @@ class ScoopTask(base.Task):
         bowl = data.body("bowl").xpos
         over_bowl = np.array([bowl[0] - cup_offset[0], bowl[1] - cup_offset[1], lift[2]])
         yield base.Waypoint(over_bowl, yaw, gripper=1.0, max_speed=0.35, tolerance=0.008)
+        return yaw, over_bowl
+
+    def plan(self, station):
+        yaw, over_bowl = yield from self.carry_to_bowl(station)
         # Tip about the handle (the tool's x axis), the way the wrist can turn that far.
         sign = _tilt_direction(station, yaw, over_bowl)
         # Tipped, the cup swings to one side of the handle and pours over its lower rim: start
