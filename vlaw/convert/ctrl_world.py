@@ -168,6 +168,7 @@ def diffusers_unet(config, num_frames: int = 25):
         addition_time_embed_dim=config.addition_time_embed_dim,
         projection_class_embeddings_input_dim=config.num_added_ids * config.addition_time_embed_dim,
         layers_per_block=config.layers_per_block,
+        transformer_layers_per_block=config.transformer_layers_per_block,
         cross_attention_dim=config.cross_attention_dim,
         num_attention_heads=config.num_attention_heads,
         num_frames=num_frames,

@@ -91,6 +91,29 @@ def test_unet_matches_diffusers(tiny, frame_level):
     assert err < 1e-4
 
 
+def test_unet_matches_diffusers_with_two_transformer_layers_at_an_inner_level():
+    """Attention only at the middle of three levels (down_blocks_1 / up_blocks_1, neither the
+    first attention-free block) and two transformer layers per block: both transformer layers
+    share one `time_mixer`, as in diffusers' TransformerSpatioTemporalModel."""
+    cfg = UNetConfig.preset(
+        "tiny",
+        block_out_channels=(32, 32, 64),
+        cross_attention_levels=(False, True, False),
+        num_attention_heads=(2, 2, 4),
+        transformer_layers_per_block=2,
+    )
+    model = _tiny_diffusers_unet(cfg)
+    attn = model.down_blocks[1].attentions[0]
+    assert len(attn.transformer_blocks) == 2  # the builder forwards transformer_layers_per_block
+    params = convert_unet(model.state_dict(), cfg)  # strict: every diffusers key is consumed
+    apply = jax.jit(UNetSpatioTemporal(cfg).apply)
+    out, ref = _run_both(cfg, model, params, apply, frame_level=True, height=4, width=5)
+    err = np.abs(out - ref).max()
+    print(f"UNet parity (2 transformer layers, inner level): max abs err {err:.2e}")
+    assert out.shape == ref.shape
+    assert err < 1e-4
+
+
 def test_presets_build_and_paper_matches_svd_count():
     from vlaw.models.world_model.ctrl_world import CtrlWorld, CtrlWorldConfig, init_params
 

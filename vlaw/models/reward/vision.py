@@ -46,7 +46,10 @@ class VisionConfig:
     num_heads: int = 16
     intermediate_size: int = 4096
     out_hidden_size: int = 2560  # = the language model's width
-    deepstack_layers: tuple[int, ...] = (5, 11, 17)  # 0-based blocks whose outputs are tapped
+    # 0-based blocks whose outputs are tapped. The tap of block `deepstack_layers[k]` goes
+    # through `deepstack_merger_{k}`, but the taps reach the language model in block order
+    # (text layer i gets the i-th tapped block), as transformers does for an unsorted list.
+    deepstack_layers: tuple[int, ...] = (5, 11, 17)
     patch_size: int = 16
     temporal_patch_size: int = 2
     spatial_merge_size: int = 2
@@ -342,8 +345,9 @@ class VisionEncoder(nn.Module):
 
     Shapes: patches (B, Tg, gh * gw, patch_dim) from `patchify_video` with the frame's patch
     grid (gh, gw) given statically -> tokens (B, Tg * gh * gw / 4, out_hidden_size) and
-    deepstack (K, B, Tg * gh * gw / 4, out_hidden_size), K = len(deepstack_layers). Tokens are
-    ordered (temporal patch, merged row, merged column), the LLM's placeholder order.
+    deepstack (K, B, Tg * gh * gw / 4, out_hidden_size), K = len(deepstack_layers), in the
+    tapped blocks' order (not the list's). Tokens are ordered (temporal patch, merged row,
+    merged column), the LLM's placeholder order.
     """
 
     config: VisionConfig
@@ -397,12 +401,10 @@ class VisionEncoder(nn.Module):
                 merger = PatchMerger(
                     cfg, True, self.dtype, self.param_dtype, name=f"deepstack_merger_{k}"
                 )
-                taps.append((k, merger(x)))
+                taps.append(merger(x).reshape(b, -1, cfg.out_hidden_size))
         tokens = PatchMerger(cfg, False, self.dtype, self.param_dtype, name="merger")(x)
         out_tokens = tokens.reshape(b, -1, cfg.out_hidden_size)
         if not taps:
             return out_tokens, jnp.zeros((0, *out_tokens.shape), out_tokens.dtype)
-        deepstack = jnp.stack(
-            [t.reshape(b, -1, cfg.out_hidden_size) for _, t in sorted(taps, key=lambda kt: kt[0])]
-        )
-        return out_tokens, deepstack
+        # Block order, whatever the order of `deepstack_layers` (see its note in VisionConfig).
+        return out_tokens, jnp.stack(taps)

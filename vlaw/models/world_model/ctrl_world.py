@@ -54,7 +54,8 @@ import jax
 import jax.numpy as jnp
 
 from vlaw.losses import diffusion_loss, edm_preconditioning
-from vlaw.models.world_model.unet import UNetConfig, UNetSpatioTemporal, dense
+from vlaw.models.layers import dense
+from vlaw.models.world_model.unet import UNetConfig, UNetSpatioTemporal
 from vlaw.models.world_model.vae import TemporalVAE, VAEConfig, decode_latents
 
 # DROID pose percentiles (Ctrl-World `dataset_meta_info/droid/stat.json`, state_01 / state_99):

@@ -58,16 +58,23 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlaw.models.layers import dot_product_attention
-
-# torch.nn.Linear / Conv default init (kaiming_uniform with a=sqrt(5) -> U(+-1/sqrt(fan_in))).
-_TORCH_LIKE_INIT = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+from vlaw.models.layers import (
+    MixFactor,
+    Resample,
+    SpatioTemporalResBlock,
+    conv,
+    dense,
+    dot_product_attention,
+    group_norm,
+    layer_norm,
+    nearest_resize,
+    remat,
+)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,89 +140,6 @@ def timestep_embedding(t: jax.Array, dim: int, max_period: float = 10000.0) -> j
     return emb
 
 
-def dense(features: int, axes: tuple, name: str, dtype, param_dtype, use_bias: bool = True):
-    """nn.Dense with logical axis names on the kernel (and the bias on the output axis)."""
-    return nn.Dense(
-        features,
-        use_bias=use_bias,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(_TORCH_LIKE_INIT, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[-1],)),
-        name=name,
-    )
-
-
-def conv(
-    features: int,
-    name: str,
-    dtype,
-    param_dtype,
-    kernel: Sequence[int] = (3, 3),
-    stride: int = 1,
-    padding=None,
-):
-    """nn.Conv with PyTorch-style explicit padding (default: k//2 on every side)."""
-    if padding is None:
-        padding = tuple((k // 2, k // 2) for k in kernel)
-    axes = (None,) * len(kernel) + ("embed", "mlp")
-    return nn.Conv(
-        features,
-        kernel_size=tuple(kernel),
-        strides=stride,
-        padding=padding,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        kernel_init=nn.with_logical_partitioning(_TORCH_LIKE_INIT, axes),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("mlp",)),
-        name=name,
-    )
-
-
-def group_norm(eps: float, name: str, dtype, param_dtype):
-    """32-group GroupNorm with two-pass variance (matches PyTorch to float32 rounding)."""
-    return nn.GroupNorm(
-        num_groups=32,
-        epsilon=eps,
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-        name=name,
-    )
-
-
-def layer_norm(name: str, dtype, param_dtype, eps: float = 1e-5):
-    return nn.LayerNorm(
-        epsilon=eps,
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-        name=name,
-    )
-
-
-def remat(module_cls, policy_name: str):
-    """Wrap a block class in nn.remat with a named jax.checkpoint_policies policy."""
-    if policy_name in ("none", "", None):
-        return module_cls
-    return nn.remat(module_cls, policy=getattr(jax.checkpoint_policies, policy_name))
-
-
-class MixFactor(nn.Module):
-    """AlphaBlender's learned scalar `mix_factor` (shape (1,)); returns sigmoid(mix_factor)."""
-
-    init_value: float
-
-    @nn.compact
-    def __call__(self) -> jax.Array:
-        init = nn.with_logical_partitioning(nn.initializers.constant(self.init_value), (None,))
-        return jax.nn.sigmoid(self.param("mix_factor", init, (1,), jnp.float32))
-
-
 class TimestepEmbedding(nn.Module):
     """diffusers `TimestepEmbedding`: linear_1 -> SiLU -> linear_2 (no post-activation)."""
 
@@ -229,84 +153,6 @@ class TimestepEmbedding(nn.Module):
         x = dense(self.hidden, ("embed", "mlp"), "linear_1", self.dtype, self.param_dtype)(x)
         x = nn.silu(x)
         return dense(self.out, ("mlp", "embed"), "linear_2", self.dtype, self.param_dtype)(x)
-
-
-class ResnetBlock2D(nn.Module):
-    """Pre-norm resnet: (N, H, W, Cin), temb (N, T) or None -> (N, H, W, out)."""
-
-    out: int
-    eps: float
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-
-    @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
-        d, p = self.dtype, self.param_dtype
-        h = conv(self.out, "conv1", d, p)(nn.silu(group_norm(self.eps, "norm1", d, p)(x)))
-        if temb is not None:
-            proj = dense(self.out, ("embed", "mlp"), "time_emb_proj", d, p)(nn.silu(temb))
-            h = h + proj[:, None, None, :]
-        h = conv(self.out, "conv2", d, p)(nn.silu(group_norm(self.eps, "norm2", d, p)(h)))
-        if x.shape[-1] != self.out:
-            x = conv(self.out, "conv_shortcut", d, p, kernel=(1, 1))(x)
-        return x + h
-
-
-class TemporalResnetBlock(nn.Module):
-    """Resnet over time only: (B, F, H, W, C), temb (B, F, T) or None -> same shape.
-
-    GroupNorm statistics span frames (the tensor is normalised whole per sample); convs are
-    (3, 1, 1) zero-padded by one frame on both ends.
-    """
-
-    eps: float
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-
-    @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
-        d, p, c = self.dtype, self.param_dtype, x.shape[-1]
-        h = group_norm(self.eps, "norm1", d, p)(x)
-        h = conv(c, "conv1", d, p, kernel=(3, 1, 1))(nn.silu(h))
-        if temb is not None:
-            proj = dense(c, ("embed", "mlp"), "time_emb_proj", d, p)(nn.silu(temb))
-            h = h + proj[:, :, None, None, :]
-        h = group_norm(self.eps, "norm2", d, p)(h)
-        h = conv(c, "conv2", d, p, kernel=(3, 1, 1))(nn.silu(h))
-        return x + h
-
-
-class SpatioTemporalResBlock(nn.Module):
-    """Spatial resnet, temporal resnet, learned blend: (B*F, H, W, Cin) -> (B*F, H, W, out).
-
-    `learned_with_images` (UNet): out = s * spatial + (1 - s) * temporal, s = sigmoid(mix).
-    `switch_mix` (VAE decoder's `switch_spatial_to_temporal_mix`): s is replaced by 1 - s.
-    """
-
-    out: int
-    num_frames: int
-    eps: float
-    temporal_eps: float
-    merge_factor: float = 0.5
-    switch_mix: bool = False
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-
-    @nn.compact
-    def __call__(self, x: jax.Array, temb: jax.Array | None = None) -> jax.Array:
-        d, p = self.dtype, self.param_dtype
-        spatial = ResnetBlock2D(self.out, self.eps, d, p, name="spatial_res_block")(x, temb)
-        bf, hh, ww, c = spatial.shape
-        b = bf // self.num_frames
-        spatial = spatial.reshape(b, self.num_frames, hh, ww, c)
-        temb_f = None if temb is None else temb.reshape(b, self.num_frames, -1)
-        temporal = TemporalResnetBlock(self.temporal_eps, d, p, name="temporal_res_block")(
-            spatial, temb_f
-        )
-        s = MixFactor(self.merge_factor, name="time_mixer")().astype(spatial.dtype)
-        if self.switch_mix:
-            s = 1.0 - s
-        return (s * spatial + (1.0 - s) * temporal).reshape(bf, hh, ww, c)
 
 
 class Attention(nn.Module):
@@ -440,6 +286,9 @@ class TransformerSpatioTemporal(nn.Module):
         time_context = jnp.broadcast_to(ctx0[:, None], (b, hh * ww, *ctx0.shape[1:]))
         time_context = time_context.reshape(b * hh * ww, *ctx0.shape[1:])
 
+        # One blend factor for the whole transformer, reused after every layer (diffusers keeps
+        # a single `time_mixer` per TransformerSpatioTemporalModel, not one per layer).
+        s = MixFactor(0.5, name="time_mixer")().astype(h.dtype)
         for i in range(self.num_layers):
             h = BasicTransformerBlock(self.heads, head_dim, d, p, name=f"transformer_blocks_{i}")(
                 h, context
@@ -447,17 +296,9 @@ class TransformerSpatioTemporal(nn.Module):
             h_mix = TemporalBasicTransformerBlock(
                 self.heads, head_dim, f, d, p, name=f"temporal_transformer_blocks_{i}"
             )(h + frame_pos, time_context)
-            s = MixFactor(0.5, name="time_mixer")().astype(h.dtype)
             h = s * h + (1.0 - s) * h_mix
         h = dense(c, ("mlp", "embed"), "proj_out", d, p)(h)
         return h.reshape(bf, hh, ww, c) + residual
-
-
-def nearest_resize(x: jax.Array, size: tuple[int, int]) -> jax.Array:
-    """PyTorch `F.interpolate(mode="nearest")` on NHWC: out[i] = in[floor(i * in / out)]."""
-    rows = jnp.floor(jnp.arange(size[0]) * (x.shape[1] / size[0])).astype(jnp.int32)
-    cols = jnp.floor(jnp.arange(size[1]) * (x.shape[2] / size[1])).astype(jnp.int32)
-    return x[:, rows][:, :, cols]
 
 
 class _BlockOptions(nn.Module):
@@ -537,25 +378,6 @@ class UpBlock(_BlockOptions):
             x = nearest_resize(x, upsample_size)
             x = Resample(self.out, 1, None, self.dtype, self.param_dtype, name="upsamplers_0")(x)
         return x
-
-
-class Resample(nn.Module):
-    """Holds the 3x3 `conv` of diffusers' Downsample2D (stride 2) / Upsample2D (stride 1).
-
-    `padding` None is PyTorch's symmetric padding 1; the VAE encoder passes ((0, 1), (0, 1)).
-    """
-
-    out: int
-    stride: int
-    padding: tuple | None = None
-    dtype: str = "float32"
-    param_dtype: str = "float32"
-
-    @nn.compact
-    def __call__(self, x):
-        return conv(
-            self.out, "conv", self.dtype, self.param_dtype, stride=self.stride, padding=self.padding
-        )(x)
 
 
 class UNetSpatioTemporal(nn.Module):

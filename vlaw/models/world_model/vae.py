@@ -34,13 +34,13 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from vlaw.models.layers import dot_product_attention
-from vlaw.models.world_model.unet import (
+from vlaw.models.layers import (
     Resample,
     ResnetBlock2D,
     SpatioTemporalResBlock,
     conv,
     dense,
+    dot_product_attention,
     group_norm,
     nearest_resize,
     remat,
