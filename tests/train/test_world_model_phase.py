@@ -15,7 +15,7 @@ import pytest
 
 from vlaw import config as config_lib
 from vlaw import pipeline
-from vlaw.data import mixture, rlds
+from vlaw.data import mixture, rlds_read
 from vlaw.train import world_model as wm
 from vlaw.train import world_model_codec as wm_codec
 from vlaw.train import world_model_data as wm_data
@@ -113,14 +113,14 @@ def test_windows_hold_out_the_newest_episode_and_carry_instructions(collected):
     config, workdir = collected
     dirs = wm_data.training_dataset_dirs(workdir, 0)
     assert dirs == [os.path.join(workdir, "demos"), os.path.join(workdir, "iter_00", "real")]
-    layout = rlds.open_dataset(dirs[-1])
+    layout = rlds_read.open_dataset(dirs[-1])
     heldout = wm_data.heldout_episodes(dirs[-1], 1)
     assert heldout == [(layout.shard_paths[-1], layout.shard_lengths[-1] - 1)]
     model_cfg = wm_data.model_config(config)
     size = wm_data.pixel_size(model_cfg)
     batches = wm_data.world_model_windows(
         config,
-        mixture.sources_from_config(dirs, config.data),
+        mixture.real_and_droid_sources(dirs, config.data.droid_path, config.data.droid_weight),
         batch_size=2,
         seed=0,
         image_size=size,
@@ -194,7 +194,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(trained):
     initial = wm._initial_params(config, spec, model, vae, size, seed)
     trained_params = loaded.params
     dirs = wm_data.training_dataset_dirs(workdir, 0)
-    sources = mixture.sources_from_config(dirs, config.data)
+    sources = mixture.real_and_droid_sources(dirs, config.data.droid_path, config.data.droid_weight)
     batches = wm_data.world_model_windows(config, sources, batch_size=2, seed=7, image_size=size)
     try:
         batch = wm.world_model_host_fn(wm_data.TextEmbeddings(model_cfg.text_dim))(next(batches))

@@ -294,7 +294,7 @@ def imagine_phase(
     `stop_after_batches` ends the call after that many newly imagined batches, without
     writing the dataset, as a preemption would; calling again resumes.
     """
-    from vlaw.data import rlds
+    from vlaw.data import rlds_write
     from vlaw.pipeline import iteration_dir
     from vlaw.train import policy as policy_lib
     from vlaw.train import world_model as world_model_lib
@@ -368,7 +368,7 @@ def imagine_phase(
             episode.metadata = dataclasses.replace(episode.metadata, success=success)
             yield episode
 
-    written = rlds.write_episodes(
+    written = rlds_write.write_episodes(
         dataset_dir,
         episodes(),
         name="vlaw_synthetic",

@@ -7,11 +7,9 @@ Algorithm 1, line "label D_syn": every episode of the datasets named by
 P(first answer token = "yes") over 16 uniformly sampled frames of `reward.camera`, and its
 metadata gets `reward_score = P(yes)` and `kept = P(yes) > alpha` (Eq. 3, alpha = 0.8).
 
-Writing back is lossless and atomic: each shard's records are re-serialized with only the two
-metadata features changed (no JPEG is decoded and re-encoded, so no image loses quality) into a
-temp sibling directory, which then replaces the dataset by two renames (old -> backup,
-temp -> old; the backup is then removed). A crash between the renames leaves the backup
-`.<name>.label-backup-*` beside the missing dataset, complete.
+Writing back is lossless and atomic (`vlaw.data.rlds_write.rewrite_episode_metadata`): only
+the two metadata features change, no JPEG is decoded and re-encoded, and a crash leaves either
+the old dataset or the new one (or, between two renames, a complete backup beside it).
 
 Where an episode's success is known (`reward.known_label_sources`: real rollouts and demos
 labelled by the station, DROID's path labels, and synthetic episodes when `imagine` stores the
@@ -29,8 +27,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
-import shutil
-import uuid
 from collections.abc import Sequence
 from typing import Any
 
@@ -86,21 +82,21 @@ def answer_probabilities(
 def _episode_clips(layouts, camera: str, num_frames: int):
     """(key, clip (num_frames, H, W, 3) uint8, instruction, success, source) per episode; only
     the sampled frames' JPEGs are decoded."""
-    from vlaw.data import rlds
+    from vlaw.data import rlds_read
     from vlaw.data.transforms import uniform_frame_indices
 
-    field = f"{rlds.STEPS}observation/{camera}"
+    field = f"{rlds_read.STEPS}observation/{camera}"
     for layout in layouts:
-        for raw in rlds.iter_raw_episodes(layout):
+        for raw in rlds_read.iter_raw_episodes(layout):
             if raw["num_steps"] == 0:
                 raise ValueError(
                     f"{raw['shard_path']} record {raw['record_index']}: episode has no steps"
                 )
             index = uniform_frame_indices(raw["num_steps"], num_frames)
-            clip = rlds.decode_images(raw[field][index], layout.image_shape)
-            metadata = rlds.metadata_from_raw(raw)
+            clip = rlds_read.decode_images(raw[field][index], layout.image_shape)
+            metadata = rlds_read.metadata_from_raw(raw)
             key = (raw["shard_path"], int(raw["record_index"]))
-            yield key, clip, rlds.instruction_from_raw(raw), metadata.success, metadata.source
+            yield key, clip, rlds_read.instruction_from_raw(raw), metadata.success, metadata.source
 
 
 def score_episodes(
@@ -121,11 +117,11 @@ def score_episodes(
     (`vlaw.train.reward.prompt_length`). The last batch is padded by repeating its last
     episode (the padding's scores are dropped), so the jitted function sees one shape.
     """
-    from vlaw.data import rlds
+    from vlaw.data import rlds_read
     from vlaw.train import optim
     from vlaw.train.reward import model_inputs
 
-    layouts = [rlds.open_dataset(d) for d in dataset_dirs]
+    layouts = [rlds_read.open_dataset(d) for d in dataset_dirs]
     total = sum(layout.num_episodes for layout in layouts)
     yes, no = answer_token_ids(tokenizer)
     params = jax.jit(functools.partial(optim.cast_floating, dtype=model_cfg.dtype))(params)
@@ -229,55 +225,6 @@ def confusion_report(
     }
 
 
-def write_scores(dataset_dir: str, scores: dict[tuple[str, int], tuple[float, bool]]) -> None:
-    """Rewrites `dataset_dir` with `reward_score` and `kept` set for every episode, losslessly
-    and atomically (see the module docstring). `scores` maps (shard path, record index) ->
-    (score, kept) and must cover every record."""
-    from vlaw.data import rlds
-    from vlaw.data.tensorflow_cpu import import_tensorflow
-
-    tf = import_tensorflow()
-    layout = rlds.open_dataset(dataset_dir)
-    for field in (SCORE_FIELD, KEPT_FIELD):
-        if field not in layout.fields:
-            raise rlds.DataError(
-                f"{dataset_dir}/features.json", field, "missing: not a vlaw dataset"
-            )
-    dataset_dir = os.path.abspath(layout.dataset_dir)
-    parent, name = os.path.split(dataset_dir)
-    temp_dir = os.path.join(parent, f".{name}.label-tmp-{uuid.uuid4().hex}")
-    backup_dir = os.path.join(parent, f".{name}.label-backup-{uuid.uuid4().hex}")
-    shard_names = {os.path.basename(p) for p in layout.shard_paths}
-    os.makedirs(temp_dir)
-    try:
-        for entry in os.listdir(dataset_dir):
-            if entry not in shard_names:
-                shutil.copy2(os.path.join(dataset_dir, entry), os.path.join(temp_dir, entry))
-        written = 0
-        for shard_path in layout.shard_paths:
-            target = os.path.join(temp_dir, os.path.basename(shard_path))
-            with tf.io.TFRecordWriter(target) as writer:
-                for index, serialized in enumerate(rlds._silenced_tf_record_iterator(shard_path)):
-                    key = (shard_path, index)
-                    if key not in scores:
-                        raise KeyError(f"{shard_path} record {index}: no score for it")
-                    value, kept = scores[key]
-                    example = tf.train.Example.FromString(serialized)
-                    feature = example.features.feature
-                    feature[SCORE_FIELD].float_list.value[:] = [float(value)]
-                    feature[KEPT_FIELD].int64_list.value[:] = [int(bool(kept))]
-                    writer.write(example.SerializeToString())
-                    written += 1
-        if written != len(scores):
-            raise ValueError(f"{dataset_dir}: {written} records written, {len(scores)} scored")
-        os.rename(dataset_dir, backup_dir)
-        os.rename(temp_dir, dataset_dir)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
-    shutil.rmtree(backup_dir)
-
-
 def label_dataset_dirs(config: ml_collections.ConfigDict, workdir: str, iteration: int):
     """`reward.label_dataset_dirs` formatted with the iteration, relative to the workdir."""
     dirs = [
@@ -298,7 +245,7 @@ def label_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int)
     """Scores, writes `reward_score` / `kept` back, reports confusion matrices. Summary dict."""
     import time
 
-    from vlaw.data import rlds
+    from vlaw.data import rlds_read, rlds_write
     from vlaw.train import reward
 
     r = config.reward
@@ -306,7 +253,7 @@ def label_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int)
     params, params_from = reward.load_trained_params(config, workdir)
     model_cfg = reward.model_config(config)
     tokenizer = reward.reward_tokenizer(config)
-    image_hw = rlds.open_dataset(dirs[0]).image_shape[:2]
+    image_hw = rlds_read.open_dataset(dirs[0]).image_shape[:2]
     length = reward.prompt_length(tokenizer, model_cfg, image_hw, config)
     start = time.perf_counter()
     scores = score_episodes_for_config(
@@ -314,11 +261,16 @@ def label_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int)
     )
     seconds = time.perf_counter() - start
     kept = scores.p_yes > r.alpha
-    by_key = {k: (float(s), bool(x)) for k, s, x in zip(scores.keys, scores.p_yes, kept)}
+    by_key = {
+        k: {SCORE_FIELD: float(s), KEPT_FIELD: bool(x)}
+        for k, s, x in zip(scores.keys, scores.p_yes, kept)
+    }
     for dataset_dir in dirs:
-        layout = rlds.open_dataset(dataset_dir)
+        layout = rlds_read.open_dataset(dataset_dir)
         shards = set(layout.shard_paths)
-        write_scores(dataset_dir, {k: v for k, v in by_key.items() if k[0] in shards})
+        rlds_write.rewrite_episode_metadata(
+            dataset_dir, {k: v for k, v in by_key.items() if k[0] in shards}
+        )
     report = confusion_report(scores, r.alpha, known_sources=tuple(r.known_label_sources))
     logging.info("label: %d episodes, %d kept; confusion %s", len(scores), kept.sum(), report)
     return {

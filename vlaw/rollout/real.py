@@ -19,7 +19,7 @@ previous policy checkpoint is missing (phases run out of order), the scripted ex
 atomically the moment it ends (lossless npz in a staging directory beside the dataset), so an
 interrupted collect resumes the count on rerun; once all episodes exist the RLDS dataset is
 written atomically and the staging removed. A rerun skips datasets that already exist.
-TensorFlow is imported (through vlaw.data.rlds) only in this parent process, never in the
+TensorFlow is imported (through vlaw.data.rlds_write) only in this parent process, never in the
 rendering workers.
 """
 
@@ -242,10 +242,10 @@ def _record(
 
     Each episode is saved to the staging directory the moment it ends; a rerun after a crash
     loads the saved ones and runs only the rest. The RLDS dataset is then written in one go
-    (atomically, by vlaw.data.rlds) and the staging directory removed. `policy` None: the
+    (atomically, by vlaw.data.rlds_write) and the staging directory removed. `policy` None: the
     scripted expert acts.
     """
-    from vlaw.data import rlds  # imports TensorFlow: parent process only
+    from vlaw.data import rlds_write  # imports TensorFlow: parent process only
 
     staging = staging_dir(dataset_dir)
     staged = sorted(glob.glob(os.path.join(staging, "*.npz")))
@@ -271,7 +271,7 @@ def _record(
             yield episode
 
     tally = SuccessTally()
-    summary = rlds.write_episodes(
+    summary = rlds_write.write_episodes(
         dataset_dir,
         tally.watch(episodes()),
         name=name,

@@ -51,7 +51,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vlaw.data import droid, rlds, transforms, windows
+from vlaw.data import droid, policy_windows, rlds_read, transforms, windows
 from vlaw.data import norm_stats as norm_stats_lib
 from vlaw.models.policy import pi05
 from vlaw.models.policy.tokenizer import NUM_STATE_BINS, PaligemmaTokenizer, clean_prompt
@@ -102,13 +102,21 @@ def weighted_policy_batches(
     seed: int,
     shuffle_buffer: int | None = None,
 ):
-    """The policy's training examples with Eq. 4's weights (`windows.episode_weight`).
+    """The policy's training examples with Eq. 4's weights (`policy_windows.episode_weight`).
 
     Batches: images (B, 3, H, W, 3) uint8 in droid.CAMERA_NAMES order, state (B, 8), prompt (B,)
     bytes, actions (B, action_horizon, 8), weight (B,) float32.
     """
-    return windows.policy_batches_from_config(
-        config, dataset_dirs, seed=seed, shuffle_buffer=shuffle_buffer
+    data = config.data
+    return policy_windows.policy_batches(
+        list(dataset_dirs),
+        batch_size=windows.host_batch_size(config.policy.train.batch_size),
+        action_horizon=config.policy.action_horizon,
+        seed=seed,
+        shuffle_buffer=data.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
+        num_parallel_reads=data.num_parallel_reads,
+        image_size=(data.image_height, data.image_width),
+        skip_corrupt=data.skip_corrupt,
     )
 
 
@@ -130,14 +138,14 @@ class DataSummary:
 def scan_episodes(dataset_dirs: Sequence[str], skip_corrupt: bool = False) -> DataSummary:
     summary, instructions = DataSummary(), set()
     for dataset_dir in dataset_dirs:
-        layout = rlds.open_dataset(dataset_dir)
-        for raw in rlds.iter_raw_episodes(layout, skip_corrupt=skip_corrupt):
-            weight = windows.episode_weight(rlds.metadata_from_raw(raw))
+        layout = rlds_read.open_dataset(dataset_dir)
+        for raw in rlds_read.iter_raw_episodes(layout, skip_corrupt=skip_corrupt):
+            weight = policy_windows.episode_weight(rlds_read.metadata_from_raw(raw))
             summary.num_episodes += 1
             summary.num_steps += int(raw["num_steps"])
             summary.weighted_episodes += int(weight > 0)
             summary.weighted_steps += int(weight > 0) * int(raw["num_steps"])
-            instructions.add(clean_prompt(rlds.instruction_from_raw(raw)))
+            instructions.add(clean_prompt(rlds_read.instruction_from_raw(raw)))
     summary.instructions = tuple(sorted(instructions))
     return summary
 

@@ -208,7 +208,7 @@ def training_dirs(config: ml_collections.ConfigDict, workdir: str, iteration: in
 
 def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
     """Fine-tunes the reward model (iteration 0; later iterations keep it). Returns the summary."""
-    from vlaw.data import rlds, windows
+    from vlaw.data import reward_windows, rlds_read, windows
     from vlaw.rollout import label
     from vlaw.train import trainer
 
@@ -218,7 +218,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
         logging.info("train_reward: iteration %d keeps the reward model of iteration 0", iteration)
         return {"trained": False, "checkpoint_dir": directory, "reason": "paper: iteration 0 only"}
     dirs = training_dirs(config, workdir, iteration)
-    image_hw = rlds.open_dataset(dirs[0]).image_shape[:2]
+    image_hw = rlds_read.open_dataset(dirs[0]).image_shape[:2]
     model_cfg = model_config(config)
     tokenizer = reward_tokenizer(config)
     yes, no = answer_token_ids(tokenizer)
@@ -257,7 +257,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
         train_cfg = ml_collections.ConfigDict(r.train.to_dict())
         train_cfg.init_from = ""
     data_hw = (config.data.image_height, config.data.image_width)
-    batches = windows.reward_batches(
+    batches = reward_windows.reward_batches(
         dirs,
         batch_size=windows.host_batch_size(r.train.batch_size),
         num_frames=r.num_frames,

@@ -57,7 +57,7 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vlaw.data import mixture, rlds
+from vlaw.data import mixture, rlds_read
 from vlaw.models.world_model import ctrl_world as cw
 from vlaw.models.world_model.vae import TemporalVAE, encode_latents
 from vlaw.train import optim
@@ -320,7 +320,9 @@ def train_world_model_phase(
         )
     newest_real = dataset_dirs[-1]
     exclude = heldout_episodes(newest_real, int(w.eval_holdout_episodes))
-    sources = mixture.sources_from_config(dataset_dirs, config.data)
+    sources = mixture.real_and_droid_sources(
+        dataset_dirs, config.data.droid_path, config.data.droid_weight
+    )
     spec = _prepare(config, workdir, iteration, dataset_dirs, sources, exclude, progress=progress)
     directory = checkpoint_dir(workdir, iteration)
 
@@ -413,5 +415,5 @@ def train_world_model_phase(
 
 def _last_episode(dataset_dir: str) -> list[tuple[str, int]]:
     """The dataset's last episode (the check runs on training data when none was held out)."""
-    layout = rlds.open_dataset(dataset_dir)
+    layout = rlds_read.open_dataset(dataset_dir)
     return [(layout.shard_paths[-1], layout.shard_lengths[-1] - 1)]
