@@ -21,7 +21,14 @@ import time
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from vlaw.data import rlds, synthetic, windows  # noqa: E402
+from vlaw.data import (
+    policy_windows,
+    reward_windows,
+    rlds_read,
+    rlds_write,
+    synthetic,
+    world_model_windows,
+)  # noqa: E402
 from vlaw.data.tensorflow_cpu import import_tensorflow, import_tfds  # noqa: E402
 
 HOST = {"process_index": 0, "process_count": 1}
@@ -58,9 +65,9 @@ def _baseline_steps_per_second(dataset_dir: str, seconds: float, batch_size: int
 
 
 def _raw_episodes_per_second(dataset_dir: str, seconds: float) -> float:
-    layout = rlds.open_dataset(dataset_dir)
+    layout = rlds_read.open_dataset(dataset_dir)
     episodes, elapsed = _timed(
-        lambda: sum(1 for _ in rlds.iter_raw_episodes(layout)), seconds, min_calls=1
+        lambda: sum(1 for _ in rlds_read.iter_raw_episodes(layout)), seconds, min_calls=1
     )
     return episodes / elapsed
 
@@ -81,19 +88,19 @@ def benchmark(dataset_dir: str, label: str, seconds: float, batch_size: int) -> 
     rows.append((label, "vlaw raw records (no decode), episodes", raw, 0, float("nan")))
     pipelines = {
         "world_model (6 hist + 1 + 4 fut, 3 views)": (
-            lambda: windows.world_model_batches(
+            lambda: world_model_windows.world_model_batches(
                 dataset_dir, batch_size=batch_size, shuffle_buffer=1000, **HOST
             ),
             33,
         ),
         "policy (3 views, horizon 15)": (
-            lambda: windows.policy_batches(
+            lambda: policy_windows.policy_batches(
                 dataset_dir, batch_size=batch_size, shuffle_buffer=1000, **HOST
             ),
             3,
         ),
         "reward (16 frames)": (
-            lambda: windows.reward_batches(
+            lambda: reward_windows.reward_batches(
                 dataset_dir, batch_size=max(1, batch_size // 4), shuffle_buffer=16, **HOST
             ),
             16,
@@ -133,7 +140,7 @@ def main() -> None:
                 for i in range(num_episodes)
             ]
             start = time.perf_counter()
-            summary = rlds.write_episodes(dataset_dir, episodes, episodes_per_shard=4)
+            summary = rlds_write.write_episodes(dataset_dir, episodes, episodes_per_shard=4)
             elapsed = time.perf_counter() - start
             writes.append((label, summary["num_steps"] / elapsed, num_episodes, num_steps))
             rows += benchmark(dataset_dir, label, args.seconds, args.batch_size)

@@ -63,13 +63,13 @@ def _kill_at(workdir, phase: str, iteration: int, delay: float) -> None:
 
 def _digests(workdir) -> dict[str, str]:
     """Every RLDS dataset's episodes (arrays and metadata, the workdir's path factored out)."""
-    from vlaw.data import rlds
+    from vlaw.data import rlds_read
 
     found = {}
     for root, _, files in os.walk(workdir):
         if "dataset_info.json" in files:
             digest = hashlib.sha256()
-            for episode in rlds.read_episodes(root):
+            for episode in rlds_read.read_episodes(root):
                 for fields in (episode.observation, episode.action_dict):
                     for key in sorted(fields):
                         digest.update(np.ascontiguousarray(fields[key]).tobytes())

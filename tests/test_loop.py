@@ -88,14 +88,14 @@ def test_bare_launch_runs_the_warm_start_and_two_iterations(straight):
 
 
 def _dataset_digests(workdir) -> dict[str, str]:
-    from vlaw.data import rlds
+    from vlaw.data import rlds_read
 
     digests = {}
     for root, _, files in os.walk(workdir):
         if "dataset_info.json" not in files:
             continue
         digest = hashlib.sha256()
-        for episode in rlds.read_episodes(root):
+        for episode in rlds_read.read_episodes(root):
             for fields in (episode.observation, episode.action_dict):
                 for key in sorted(fields):
                     digest.update(np.ascontiguousarray(fields[key]).tobytes())

@@ -4,7 +4,7 @@ import functools
 
 import pytest
 
-from vlaw.data import rlds, synthetic
+from vlaw.data import rlds_write, synthetic
 
 IMAGE_SHAPE = (32, 48, 3)
 
@@ -25,5 +25,5 @@ def vlaw_episodes(make_episodes):
 def vlaw_dataset(tmp_path_factory, vlaw_episodes):
     """`vlaw_episodes` written in 3 shards of 2."""
     dataset_dir = tmp_path_factory.mktemp("rlds") / "real"
-    rlds.write_episodes(str(dataset_dir), vlaw_episodes, episodes_per_shard=2)
+    rlds_write.write_episodes(str(dataset_dir), vlaw_episodes, episodes_per_shard=2)
     return str(dataset_dir)

@@ -1,10 +1,9 @@
 """Weighted mixtures (Eq. 2): measured frequencies match the weights."""
 
-import ml_collections
 import numpy as np
 import pytest
 
-from vlaw.data import mixture, rlds, windows
+from vlaw.data import mixture, policy_windows, rlds_write
 from vlaw.data.tensorflow_cpu import import_tensorflow
 
 
@@ -28,10 +27,10 @@ def test_sample_mixture_frequencies():
 
 def test_policy_mixture_of_two_datasets(tmp_path, make_episodes):
     real, droid_like = str(tmp_path / "real"), str(tmp_path / "droid")
-    rlds.write_episodes(real, make_episodes(2, instruction="real"), episodes_per_shard=1)
-    rlds.write_episodes(droid_like, make_episodes(2, seed=9, instruction="droid"))
+    rlds_write.write_episodes(real, make_episodes(2, instruction="real"), episodes_per_shard=1)
+    rlds_write.write_episodes(droid_like, make_episodes(2, seed=9, instruction="droid"))
     droid_weight = 0.5  # lambda of Eq. 2
-    batches = windows.policy_batches(
+    batches = policy_windows.policy_batches(
         [mixture.Source(real, 1.0, "real"), mixture.Source(droid_like, droid_weight, "droid")],
         batch_size=50,
         shuffle_buffer=16,
@@ -43,13 +42,12 @@ def test_policy_mixture_of_two_datasets(tmp_path, make_episodes):
     assert _within(int(share * len(prompts)), len(prompts), droid_weight / (1 + droid_weight))
 
 
-def test_sources_from_config():
-    data = ml_collections.ConfigDict({"droid_path": "", "droid_weight": 0.3})
-    assert [s.name for s in mixture.sources_from_config(["a", "b"], data)] == ["real"]
-    data.droid_path = "gs://gresearch/robotics/droid/1.0.1"
-    real, droid = mixture.sources_from_config(["a"], data)
+def test_real_and_droid_sources():
+    assert [s.name for s in mixture.real_and_droid_sources(["a", "b"], "", 0.3)] == ["real"]
+    droid_path = "gs://gresearch/robotics/droid/1.0.1"
+    real, droid = mixture.real_and_droid_sources(["a"], droid_path, 0.3)
     assert real.dataset_dirs == ("a",) and real.weight == 1.0
-    assert droid.dataset_dirs == (data.droid_path,) and droid.weight == 0.3
+    assert droid.dataset_dirs == (droid_path,) and droid.weight == 0.3
 
 
 def test_bad_weights():

@@ -5,7 +5,7 @@ import json
 import numpy as np
 import pytest
 
-from vlaw.data import droid, norm_stats, rlds
+from vlaw.data import droid, norm_stats, rlds_read
 
 
 def _batches(rng) -> list[np.ndarray]:
@@ -73,7 +73,7 @@ def test_json_layout_round_trip(tmp_path):
 
 def test_dataset_stats_equal_numpy(vlaw_dataset, vlaw_episodes):
     stats = norm_stats.compute_norm_stats(vlaw_dataset)
-    episodes = list(rlds.read_episodes(vlaw_dataset))
+    episodes = list(rlds_read.read_episodes(vlaw_dataset))
     for key, arrays in (
         ("state", [droid.policy_state(e.observation) for e in episodes]),
         ("actions", [droid.policy_actions(e.action_dict) for e in episodes]),

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from vlaw.data import rlds, windows
+from vlaw.data import policy_windows, rlds_read
 from vlaw.data.tensorflow_cpu import import_tfds
 
 DROID_NUM_STEPS = (4, 3, 5)
@@ -136,7 +136,7 @@ def droid_dataset(tmp_path_factory):
 
 def test_shard_names_follow_droid(droid_dataset):
     version_dir, _ = droid_dataset
-    layout = rlds.open_dataset(version_dir)
+    layout = rlds_read.open_dataset(version_dir)
     assert layout.name == "r2d2_faceblur" and not layout.has_vlaw_metadata
     assert all("r2d2_faceblur-train.tfrecord-" in p for p in layout.shard_paths)
     assert layout.image_shape == (180, 320, 3)
@@ -144,7 +144,7 @@ def test_shard_names_follow_droid(droid_dataset):
 
 def test_vlaw_reads_droid(droid_dataset):
     version_dir, written = droid_dataset
-    read = list(rlds.read_episodes(version_dir))
+    read = list(rlds_read.read_episodes(version_dir))
     assert [e.num_steps for e in read] == list(DROID_NUM_STEPS)
     assert [e.metadata.success for e in read] == [True, False, True]
     for episode, source in zip(read, written, strict=True):
@@ -160,12 +160,12 @@ def test_vlaw_reads_droid(droid_dataset):
                 else:
                     np.testing.assert_array_equal(arrays[f"{group}/{name}"], value)
         episode.validate()  # a DROID episode is a valid vlaw Episode
-    assert rlds.summarize(version_dir)["num_successes"] == 2
+    assert rlds_read.summarize(version_dir)["num_successes"] == 2
 
 
 def test_droid_feeds_the_policy_pipeline(droid_dataset):
     version_dir, _ = droid_dataset
-    batches = windows.policy_batches(
+    batches = policy_windows.policy_batches(
         version_dir, batch_size=4, process_index=0, process_count=1, image_size=(90, 160)
     )
     batch = next(batches)

@@ -7,7 +7,7 @@ import shutil
 import numpy as np
 import pytest
 
-from vlaw.data import rlds, windows
+from vlaw.data import policy_windows, rlds_read
 from vlaw.data.tensorflow_cpu import import_tensorflow, import_tfds
 
 
@@ -27,13 +27,13 @@ def test_truncated_shard_names_the_file(dataset_copy):
     shard = _shards(dataset_copy)[1]
     with open(shard, "r+b") as f:
         f.truncate(os.path.getsize(shard) - 50)
-    with pytest.raises(rlds.DataError, match="truncated") as raised:
-        list(rlds.read_episodes(dataset_copy))
+    with pytest.raises(rlds_read.DataError, match="truncated") as raised:
+        list(rlds_read.read_episodes(dataset_copy))
     assert raised.value.path == shard and shard in str(raised.value)
     assert raised.value.field == "(tfrecord)" and raised.value.record_index == 1
 
-    report = rlds.ReadReport()
-    episodes = list(rlds.read_episodes(dataset_copy, skip_corrupt=True, report=report))
+    report = rlds_read.ReadReport()
+    episodes = list(rlds_read.read_episodes(dataset_copy, skip_corrupt=True, report=report))
     assert len(episodes) == 5 and report.num_skipped == 1
     assert shard in report.problems[0]
 
@@ -45,11 +45,11 @@ def test_flipped_bytes_name_the_file(dataset_copy):
         byte = f.read(1)
         f.seek(100)
         f.write(bytes([byte[0] ^ 0xFF]))
-    with pytest.raises(rlds.DataError, match="corrupted record") as raised:
-        list(rlds.read_episodes(dataset_copy))
+    with pytest.raises(rlds_read.DataError, match="corrupted record") as raised:
+        list(rlds_read.read_episodes(dataset_copy))
     assert raised.value.path == shard
-    report = rlds.ReadReport()
-    episodes = list(rlds.read_episodes(dataset_copy, skip_corrupt=True, report=report))
+    report = rlds_read.ReadReport()
+    episodes = list(rlds_read.read_episodes(dataset_copy, skip_corrupt=True, report=report))
     # The first record of the shard is damaged; TFRecord framing cannot resume after it, so
     # the shard's remaining record is lost too (both counted).
     assert len(episodes) == 4 and report.num_skipped == 2
@@ -71,13 +71,13 @@ def test_record_missing_a_field(dataset_copy):
     shard = _shards(dataset_copy)[2]
     field = "steps/observation/joint_position"
     _rewrite_record(shard, 0, lambda example: example.features.feature.pop(field))
-    with pytest.raises(rlds.DataError) as raised:
-        list(rlds.read_episodes(dataset_copy))
+    with pytest.raises(rlds_read.DataError) as raised:
+        list(rlds_read.read_episodes(dataset_copy))
     error = raised.value
     assert (error.path, error.field, error.record_index) == (shard, field, 0)
     assert shard in str(error) and field in str(error) and "missing" in str(error)
-    report = rlds.ReadReport()
-    assert len(list(rlds.read_episodes(dataset_copy, skip_corrupt=True, report=report))) == 5
+    report = rlds_read.ReadReport()
+    assert len(list(rlds_read.read_episodes(dataset_copy, skip_corrupt=True, report=report))) == 5
     assert report.num_skipped == 1
 
 
@@ -90,8 +90,10 @@ def test_record_with_wrong_length(dataset_copy):
         del values[-1]
 
     _rewrite_record(shard, 1, drop_one_value)
-    with pytest.raises(rlds.DataError, match=r"record 1\): field steps/action_dict/joint_velocity"):
-        list(rlds.read_episodes(dataset_copy))
+    with pytest.raises(
+        rlds_read.DataError, match=r"record 1\): field steps/action_dict/joint_velocity"
+    ):
+        list(rlds_read.read_episodes(dataset_copy))
 
 
 def _plain_dataset(version_dir: str, features: dict) -> None:
@@ -166,8 +168,8 @@ def _droid_step_features(joint_dtype=np.float64, drop: str = ""):
 def test_dataset_missing_a_field_names_features_json(tmp_path):
     version_dir = str(tmp_path / "broken")
     _plain_dataset(version_dir, _droid_step_features(drop="observation/joint_position"))
-    with pytest.raises(rlds.DataError) as raised:
-        list(rlds.read_episodes(version_dir))
+    with pytest.raises(rlds_read.DataError) as raised:
+        list(rlds_read.read_episodes(version_dir))
     assert raised.value.path == f"{version_dir}/features.json"
     assert raised.value.field == "steps/observation/joint_position"
     assert "missing" in str(raised.value)
@@ -176,31 +178,33 @@ def test_dataset_missing_a_field_names_features_json(tmp_path):
 def test_dataset_with_wrong_dtype_names_field(tmp_path):
     version_dir = str(tmp_path / "broken")
     _plain_dataset(version_dir, _droid_step_features(joint_dtype=np.float32))
-    with pytest.raises(rlds.DataError, match="joint_position: has dtype float32, expected float64"):
-        rlds.open_dataset(version_dir)
+    with pytest.raises(
+        rlds_read.DataError, match="joint_position: has dtype float32, expected float64"
+    ):
+        rlds_read.open_dataset(version_dir)
     # Window pipelines check every dataset when they are built, before any thread starts.
-    with pytest.raises(rlds.DataError, match="joint_position"):
-        windows.policy_batches(version_dir, batch_size=1, process_index=0, process_count=1)
+    with pytest.raises(rlds_read.DataError, match="joint_position"):
+        policy_windows.policy_batches(version_dir, batch_size=1, process_index=0, process_count=1)
 
 
 def test_not_a_dataset(tmp_path):
     with pytest.raises(FileNotFoundError, match="dataset_info.json"):
-        rlds.open_dataset(str(tmp_path))
+        rlds_read.open_dataset(str(tmp_path))
 
 
 def test_window_pipeline_reports_the_shard(dataset_copy):
     shard = _shards(dataset_copy)[1]
     with open(shard, "r+b") as f:
         f.truncate(os.path.getsize(shard) // 2)
-    failing = windows.policy_batches(
+    failing = policy_windows.policy_batches(
         dataset_copy, batch_size=2, shuffle_buffer=1, process_index=0, process_count=1
     )
-    with pytest.raises(rlds.DataError) as raised:
+    with pytest.raises(rlds_read.DataError) as raised:
         for _ in range(40):
             next(failing)
     assert raised.value.path == shard
 
-    skipping = windows.policy_batches(
+    skipping = policy_windows.policy_batches(
         dataset_copy,
         batch_size=2,
         shuffle_buffer=1,
@@ -212,3 +216,54 @@ def test_window_pipeline_reports_the_shard(dataset_copy):
         batch = next(skipping)
         assert np.isfinite(batch["state"]).all()
     assert skipping.read_report.num_skipped >= 2  # the damaged shard's 2 records, per pass
+
+
+def _record_boundaries(shard: str) -> list[int]:
+    """Byte offsets where each TFRecord of `shard` ends (length, crc, payload, crc)."""
+    ends, offset = [], 0
+    with open(shard, "rb") as f:
+        data = f.read()
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 8], "little")
+        offset += 8 + 4 + length + 4
+        ends.append(offset)
+    return ends
+
+
+@pytest.mark.parametrize("keep_records", [1, 0])
+def test_shard_cut_at_a_record_boundary_is_an_error(dataset_copy, keep_records):
+    # Cut cleanly after `keep_records` records (0: a 0-byte shard): TFRecord framing sees no
+    # damage, only dataset_info.json's shard length tells that episodes are missing.
+    shard = _shards(dataset_copy)[1]
+    cut = ([0] + _record_boundaries(shard))[keep_records]
+    with open(shard, "r+b") as f:
+        f.truncate(cut)
+    with pytest.raises(rlds_read.DataError) as raised:
+        list(rlds_read.read_episodes(dataset_copy))
+    message = str(raised.value)
+    assert raised.value.path == shard and "\n" not in message
+    assert f"holds {keep_records} record(s)" in message and "lists 2" in message
+    assert "skip_corrupt" in message  # says what to do
+
+    report = rlds_read.ReadReport()
+    episodes = list(rlds_read.read_episodes(dataset_copy, skip_corrupt=True, report=report))
+    assert len(episodes) == 4 + keep_records and report.num_skipped == 2 - keep_records
+    assert shard in report.problems[0]
+    with pytest.raises(rlds_read.DataError, match="holds"):
+        rlds_read.summarize(dataset_copy)
+
+
+def test_shard_with_more_records_than_listed_is_an_error(dataset_copy):
+    shard = _shards(dataset_copy)[0]
+    with open(shard, "rb") as f:
+        records = f.read()
+    with open(shard, "ab") as f:
+        f.write(records)  # the shard's two records again: valid framing, 4 records
+    with pytest.raises(
+        rlds_read.DataError, match=r"holds 4 record\(s\), dataset_info.json lists 2"
+    ):
+        list(rlds_read.read_episodes(dataset_copy))
+    report = rlds_read.ReadReport()
+    episodes = list(rlds_read.read_episodes(dataset_copy, skip_corrupt=True, report=report))
+    # Only the listed records are read; the surplus ones are skipped and counted.
+    assert len(episodes) == 6 and report.num_skipped == 2

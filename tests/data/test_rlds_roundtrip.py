@@ -6,7 +6,7 @@ import os
 import numpy as np
 import pytest
 
-from vlaw.data import droid, rlds
+from vlaw.data import droid, rlds_read, rlds_write
 from vlaw.data.tensorflow_cpu import import_tensorflow, import_tfds
 
 
@@ -17,7 +17,7 @@ def _jpeg_round_trip(images: np.ndarray) -> np.ndarray:
 
 
 def test_round_trip_values_equal(vlaw_dataset, vlaw_episodes):
-    back = list(rlds.read_episodes(vlaw_dataset))
+    back = list(rlds_read.read_episodes(vlaw_dataset))
     assert len(back) == len(vlaw_episodes)
     for written, read in zip(vlaw_episodes, back, strict=True):
         assert read.instruction == written.instruction
@@ -77,7 +77,7 @@ def test_plain_tfds_reads_what_vlaw_writes(vlaw_dataset, vlaw_episodes):
 
 
 def test_summary_and_counts(vlaw_dataset, vlaw_episodes):
-    summary = rlds.summarize(vlaw_dataset)
+    summary = rlds_read.summarize(vlaw_dataset)
     assert summary == {
         "num_episodes": len(vlaw_episodes),
         "num_steps": sum(e.num_steps for e in vlaw_episodes),
@@ -85,19 +85,21 @@ def test_summary_and_counts(vlaw_dataset, vlaw_episodes):
         "num_shards": 3,
         "num_skipped": 0,
     }
-    assert rlds.count_episodes([vlaw_dataset, vlaw_dataset]) == 2 * len(vlaw_episodes)
-    layout = rlds.open_dataset(vlaw_dataset)
+    assert rlds_read.count_episodes([vlaw_dataset, vlaw_dataset]) == 2 * len(vlaw_episodes)
+    layout = rlds_read.open_dataset(vlaw_dataset)
     assert layout.has_vlaw_metadata and layout.image_shape == vlaw_episodes[0].image_shape
 
 
 def test_write_returns_summary_and_refuses_existing_dir(tmp_path, make_episodes):
     episodes = make_episodes(3)
     target = tmp_path / "out"
-    summary = rlds.write_episodes(str(target), iter(episodes), episodes_per_shard=2, progress=True)
+    summary = rlds_write.write_episodes(
+        str(target), iter(episodes), episodes_per_shard=2, progress=True
+    )
     assert summary["num_episodes"] == 3 and summary["num_shards"] == 2
     assert summary["num_steps"] == sum(e.num_steps for e in episodes)
     with pytest.raises(FileExistsError, match="already exists"):
-        rlds.write_episodes(str(target), episodes)
+        rlds_write.write_episodes(str(target), episodes)
 
 
 def test_bad_episode_names_field_and_leaves_nothing(tmp_path, make_episodes):
@@ -106,7 +108,7 @@ def test_bad_episode_names_field_and_leaves_nothing(tmp_path, make_episodes):
     episodes[2].observation["observation/cartesian_position"] = np.zeros((num_steps, 5))
     target = tmp_path / "out"
     with pytest.raises(ValueError, match=r"episode 2 .*observation/cartesian_position"):
-        rlds.write_episodes(str(target), episodes)
+        rlds_write.write_episodes(str(target), episodes)
     assert os.listdir(tmp_path) == []  # neither the dataset nor its temp dir
 
 
@@ -116,10 +118,10 @@ def test_image_shape_must_match_the_first_episode(tmp_path, make_episodes):
         k: (v[:, :16] if "image" in k else v) for k, v in episodes[1].observation.items()
     }
     with pytest.raises(ValueError, match=r"episode 1 .*exterior_image_1_left"):
-        rlds.write_episodes(str(tmp_path / "out"), episodes)
+        rlds_write.write_episodes(str(tmp_path / "out"), episodes)
 
 
 def test_empty_input_is_refused(tmp_path):
     with pytest.raises(ValueError, match="no episodes"):
-        rlds.write_episodes(str(tmp_path / "out"), [])
+        rlds_write.write_episodes(str(tmp_path / "out"), [])
     assert os.listdir(tmp_path) == []

@@ -25,5 +25,8 @@ def test_droid_and_episode_do_not_import_tensorflow():
 
 def test_data_modules_import_tensorflow_only_when_used():
     # Every TF-using module imports it lazily, so importing the package costs nothing.
-    modules = "rlds, windows, mixture, norm_stats, transforms, synthetic, batches"
+    modules = (
+        "rlds_read, rlds_write, windows, policy_windows, reward_windows, world_model_windows, "
+        "mixture, norm_stats, transforms, synthetic, batches"
+    )
     assert not _tensorflow_loaded_after(f"from vlaw.data import {modules}")

@@ -5,7 +5,16 @@ import json
 import numpy as np
 import pytest
 
-from vlaw.data import droid, rlds, transforms, windows
+from vlaw.data import (
+    droid,
+    policy_windows,
+    reward_windows,
+    rlds_read,
+    rlds_write,
+    transforms,
+    windows,
+    world_model_windows,
+)
 
 HOST = {"process_index": 0, "process_count": 1}
 
@@ -13,7 +22,7 @@ HOST = {"process_index": 0, "process_count": 1}
 @pytest.fixture(scope="module")
 def read_back(vlaw_dataset):
     """The dataset's episodes as vlaw reads them (decoded exactly as the pipelines decode)."""
-    return list(rlds.read_episodes(vlaw_dataset))
+    return list(rlds_read.read_episodes(vlaw_dataset))
 
 
 def _locate(read_back, state_row: np.ndarray, state_of) -> tuple[int, int]:
@@ -34,7 +43,7 @@ def _frames(episode, steps) -> np.ndarray:
 
 def test_world_model_windows(vlaw_dataset, read_back):
     num_history, num_future, stride = 3, 4, 2
-    batches = windows.world_model_batches(
+    batches = world_model_windows.world_model_batches(
         vlaw_dataset,
         batch_size=3,
         num_history=num_history,
@@ -108,7 +117,7 @@ def test_world_model_indices_follow_ctrl_world():
 
 def test_policy_windows(vlaw_dataset, read_back):
     horizon = 6
-    batches = windows.policy_batches(
+    batches = policy_windows.policy_batches(
         vlaw_dataset, batch_size=16, action_horizon=horizon, shuffle_buffer=64, **HOST
     )
     seen_end_chunk = False
@@ -137,7 +146,7 @@ def test_end_chunks_repeat_the_final_action():
 
 
 def test_policy_drop_failures(vlaw_dataset):
-    batches = windows.policy_batches(
+    batches = policy_windows.policy_batches(
         vlaw_dataset, batch_size=16, drop_failures=True, shuffle_buffer=16, **HOST
     )
     for _ in range(4):
@@ -146,7 +155,7 @@ def test_policy_drop_failures(vlaw_dataset):
 
 def test_reward_windows(vlaw_dataset, read_back):
     camera = "wrist_image_left"
-    batches = windows.reward_batches(vlaw_dataset, batch_size=4, camera=camera, **HOST)
+    batches = reward_windows.reward_batches(vlaw_dataset, batch_size=4, camera=camera, **HOST)
     batch = next(batches)
     assert batch["frames"].shape == (4, 16, *read_back[0].image_shape)
     assert batch["label"].dtype == np.bool_ and batch["instruction"].shape == (4,)
@@ -187,7 +196,7 @@ def _assert_same(left: list[dict], right: list[dict]) -> None:
 @pytest.mark.parametrize("kind", ["world_model", "policy", "reward"])
 def test_deterministic_and_exact_resume(vlaw_dataset, kind):
     make = {
-        "world_model": lambda seed: windows.world_model_batches(
+        "world_model": lambda seed: world_model_windows.world_model_batches(
             vlaw_dataset,
             batch_size=2,
             seed=seed,
@@ -196,10 +205,10 @@ def test_deterministic_and_exact_resume(vlaw_dataset, kind):
             no_history_probability=0.2,
             **HOST,
         ),
-        "policy": lambda seed: windows.policy_batches(
+        "policy": lambda seed: policy_windows.policy_batches(
             vlaw_dataset, batch_size=4, seed=seed, shuffle_buffer=32, **HOST
         ),
-        "reward": lambda seed: windows.reward_batches(
+        "reward": lambda seed: reward_windows.reward_batches(
             vlaw_dataset, batch_size=2, seed=seed, shuffle_buffer=8, **HOST
         ),
     }[kind]
@@ -222,7 +231,7 @@ def test_deterministic_and_exact_resume(vlaw_dataset, kind):
 
 
 def test_hosts_read_disjoint_shards(vlaw_dataset):
-    layout = rlds.open_dataset(vlaw_dataset)
+    layout = rlds_read.open_dataset(vlaw_dataset)
     per_host = [windows.host_shards([layout], i, 2) for i in range(2)]
     paths = [{path for _, path in shards} for shards in per_host]
     assert paths[0].isdisjoint(paths[1])
@@ -232,12 +241,12 @@ def test_hosts_read_disjoint_shards(vlaw_dataset):
 
     # Each host's batches come only from its own shards.
     for host in range(2):
-        batches = windows.policy_batches(
+        batches = policy_windows.policy_batches(
             vlaw_dataset, batch_size=8, process_index=host, process_count=2
         )
         own = [
-            rlds.episode_from_raw(raw, layout)
-            for raw in rlds.iter_raw_episodes(layout, [p for _, p in per_host[host]])
+            rlds_read.episode_from_raw(raw, layout)
+            for raw in rlds_read.iter_raw_episodes(layout, [p for _, p in per_host[host]])
         ]
         own_states = np.concatenate([e.policy_state() for e in own])
         for row in next(batches)["state"]:
@@ -246,27 +255,15 @@ def test_hosts_read_disjoint_shards(vlaw_dataset):
 
 def test_mixed_image_sizes_need_image_size(vlaw_dataset, tmp_path, make_episodes):
     other = str(tmp_path / "small")
-    rlds.write_episodes(other, make_episodes(2, seed=50, image_shape=(16, 16, 3)))
+    rlds_write.write_episodes(other, make_episodes(2, seed=50, image_shape=(16, 16, 3)))
     with pytest.raises(ValueError, match="image_size"):
-        windows.policy_batches([vlaw_dataset, other], batch_size=2, **HOST)
+        policy_windows.policy_batches([vlaw_dataset, other], batch_size=2, **HOST)
     batch = next(
-        windows.policy_batches([vlaw_dataset, other], batch_size=4, image_size=(24, 24), **HOST)
+        policy_windows.policy_batches(
+            [vlaw_dataset, other], batch_size=4, image_size=(24, 24), **HOST
+        )
     )
     assert batch["images"].shape == (4, 3, 24, 24, 3)
-
-
-def test_pipelines_from_the_experiment_config(vlaw_dataset):
-    from vlaw.config import experiment_config
-
-    config = experiment_config(("scoop",), "tiny")
-    size = (config.data.image_height, config.data.image_width)
-    policy = next(windows.policy_batches_from_config(config, [vlaw_dataset]))
-    assert policy["images"].shape == (config.policy.train.batch_size, 3, *size, 3)
-    assert policy["actions"].shape[1] == config.policy.action_horizon
-    reward = next(windows.reward_batches_from_config(config, [vlaw_dataset]))
-    assert reward["frames"].shape == (config.reward.train.batch_size, 16, *size, 3)
-    world = next(windows.world_model_batches_from_config(config, [vlaw_dataset]))
-    assert world["history_frames"].shape[1:3] == (config.world_model.num_history, 3)
 
 
 _DIGEST_SOURCE = """
@@ -274,11 +271,11 @@ import hashlib
 
 import numpy as np
 
-from vlaw.data import windows
+from vlaw.data import policy_windows
 
 
 def first_batches_digest(dataset_dir):
-    batches = windows.policy_batches(
+    batches = policy_windows.policy_batches(
         dataset_dir, batch_size=4, seed=5, shuffle_buffer=32, process_index=0, process_count=1
     )
     digest = hashlib.sha256()
@@ -310,7 +307,7 @@ def test_episode_weight_is_eq4_binary_weight():
     from vlaw.data.episode import EpisodeMetadata
 
     def weight(**fields):
-        return windows.episode_weight(EpisodeMetadata(task="scoop", **fields))
+        return policy_windows.episode_weight(EpisodeMetadata(task="scoop", **fields))
 
     assert weight(success=True, source="real") == 1.0
     assert weight(success=False, source="demo") == 0.0

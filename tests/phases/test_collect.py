@@ -63,10 +63,10 @@ def test_plain_tfds_reads_droid_keys_and_dtypes(collected):
 
 
 def test_episodes_read_back_with_vlaw_reader(collected):
-    from vlaw.data import rlds
+    from vlaw.data import rlds_read
 
     config, workdir, _ = collected
-    episodes = list(rlds.read_episodes(os.path.join(workdir, "demos")))
+    episodes = list(rlds_read.read_episodes(os.path.join(workdir, "demos")))
     assert len(episodes) == config.loop.warmstart_demos_per_task
     for episode in episodes:
         assert episode.metadata.source == "demo"

@@ -22,7 +22,7 @@ from vlaw.agents import policy as policy_lib
 from vlaw.agents import reward as reward_agent
 from vlaw.agents import world_model as wm
 from vlaw.config import experiment_config
-from vlaw.data import droid, rlds
+from vlaw.data import droid, rlds_read, rlds_write
 from vlaw.models.policy import pi05
 from vlaw.models.world_model import kinematics
 from vlaw.phases import imagine as imagine_phase
@@ -89,7 +89,7 @@ def prepared(tmp_path_factory, record_real_rollouts):
 def imagined(prepared):
     config, workdir = prepared
     summary = pipeline.run_phase("imagine", config, workdir, iteration=1)
-    episodes = list(rlds.read_episodes(summary["dataset_dir"]))
+    episodes = list(rlds_read.read_episodes(summary["dataset_dir"]))
     return config, workdir, summary, episodes
 
 
@@ -120,7 +120,7 @@ def test_forward_kinematics_is_the_stations_convention(prepared):
     from vlaw.sim.station import euler_xyz_from_matrix
 
     config, workdir = prepared
-    episode = next(rlds.read_episodes(os.path.join(workdir, "demos")))
+    episode = next(rlds_read.read_episodes(os.path.join(workdir, "demos")))
     joints = episode.observation["observation/joint_position"]
     gripper = episode.observation["observation/gripper_position"]
     tool = kinematics.station_tool_transform(config.sim.enabled)
@@ -239,7 +239,9 @@ def test_records_integrate_the_executed_actions_and_hold_frames(imagined):
     world = wm.load_world_model(config, workdir_lib.checkpoint_dir(workdir, "world_model", 1))
     size = episodes[0].image_shape[:2]
     frames, _ = imagine.encode_start(world.vae, world.params["vae"], first.images[None], size=size)
-    expected = rlds.decode_images(np.asarray(rlds.encode_jpegs(np.asarray(frames[0]))), (*size, 3))
+    expected = rlds_read.decode_images(
+        np.asarray(rlds_write.encode_jpegs(np.asarray(frames[0]))), (*size, 3)
+    )
     for v, name in enumerate(droid.CAMERA_NAMES):
         np.testing.assert_array_equal(
             episodes[0].observation[f"observation/{name}"][0], expected[v]
@@ -258,7 +260,7 @@ def test_resumed_run_writes_what_a_straight_run_writes(imagined, tmp_path):
     resumed = pipeline.run_phase("imagine", config, str(tmp_path), iteration=1)
     assert resumed["resumed_episodes"] == 2 and resumed["num_episodes"] == ROLLOUTS
     assert not os.path.exists(os.path.join(tmp_path, "iter_01", ".synthetic.episodes"))
-    for straight, again in zip(episodes, rlds.read_episodes(synthetic), strict=True):
+    for straight, again in zip(episodes, rlds_read.read_episodes(synthetic), strict=True):
         # The same but for the workdir in the checkpoint path and the NaN (unequal) scores.
         assert _comparable(straight.metadata, workdir) == _comparable(again.metadata, tmp_path)
         for fields, again_fields in (
@@ -300,7 +302,7 @@ def test_label_scores_the_synthetic_episodes(imagined):
     summary = pipeline.run_phase("label", config, workdir, iteration=1)
     assert summary["num_episodes"] == ROLLOUTS
     assert summary["confusion"]["num_known"] == ROLLOUTS  # the simulator's replayed outcomes
-    labelled = list(rlds.read_episodes(os.path.join(workdir, "iter_01", "synthetic")))
+    labelled = list(rlds_read.read_episodes(os.path.join(workdir, "iter_01", "synthetic")))
     scores = np.asarray([e.metadata.reward_score for e in labelled])
     assert np.all((scores >= 0) & (scores <= 1))
     assert [e.metadata.success for e in labelled] == [e.metadata.success for e in episodes]
@@ -321,7 +323,7 @@ def test_imagine_after_training_both_models(tmp_path):
     summary = pipeline.run_phase("imagine", config, workdir, iteration=1)
     assert summary["num_episodes"] == ROLLOUTS
     model_cfg = wm.model_config(config)
-    for episode in rlds.read_episodes(summary["dataset_dir"]):
+    for episode in rlds_read.read_episodes(summary["dataset_dir"]):
         assert episode.image_shape == (*wm.pixel_size(model_cfg), 3)
     pipeline.run_phase("train_reward", config, workdir, iteration=1)
     labelled = pipeline.run_phase("label", config, workdir, iteration=1)
@@ -357,7 +359,7 @@ def test_rollouts_split_over_devices_equal_one_device(imagined, tmp_path):
     )
     assert result.returncode == 0, result.stderr[-3000:]
     synthetic = os.path.join(tmp_path, "iter_01", "synthetic")
-    for sharded, single in zip(episodes, rlds.read_episodes(synthetic), strict=True):
+    for sharded, single in zip(episodes, rlds_read.read_episodes(synthetic), strict=True):
         for key, value in sharded.observation.items():
             np.testing.assert_array_equal(single.observation[key], value, err_msg=key)
         for key, value in sharded.action_dict.items():

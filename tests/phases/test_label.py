@@ -12,7 +12,7 @@ import pytest
 
 from vlaw import pipeline
 from vlaw.agents import reward
-from vlaw.data import rlds
+from vlaw.data import rlds_read
 from vlaw.phases import label
 from vlaw.train import checkpoints
 
@@ -37,8 +37,8 @@ def collected(tmp_path_factory, record_real_rollouts):
 
 
 def _raw(dataset_dir):
-    layout = rlds.open_dataset(dataset_dir)
-    return list(rlds.iter_raw_episodes(layout))
+    layout = rlds_read.open_dataset(dataset_dir)
+    return list(rlds_read.iter_raw_episodes(layout))
 
 
 def test_missing_dataset_dir_is_named(collected):
@@ -90,12 +90,12 @@ def test_kept_follows_alpha_and_plain_tfds_reads_the_result(collected):
     dirs = label.label_dataset_dirs(config, workdir, 0)
     first = label.label_phase(config, workdir, 0)
     compiled = reward.answer_probabilities._cache_size()
-    scores = np.asarray([e.metadata.reward_score for e in rlds.read_episodes(dirs)])
+    scores = np.asarray([e.metadata.reward_score for e in rlds_read.read_episodes(dirs)])
     assert len(np.unique(scores)) > 1
     config.reward.alpha = float(np.median(scores))
     second = label.label_phase(config, workdir, 0)
     assert reward.answer_probabilities._cache_size() == compiled  # one shape, one compilation
-    episodes = list(rlds.read_episodes(dirs))
+    episodes = list(rlds_read.read_episodes(dirs))
     kept = np.asarray([e.metadata.kept for e in episodes])
     np.testing.assert_allclose([e.metadata.reward_score for e in episodes], scores, rtol=1e-6)
     np.testing.assert_array_equal(kept, scores > config.reward.alpha)

@@ -32,15 +32,15 @@ def _config():
 
 
 def _relabel(source_dir: str, target_dir: str, success: bool) -> None:
-    from vlaw.data import rlds
+    from vlaw.data import rlds_read, rlds_write
 
     episodes = [
         dataclasses.replace(
             episode, metadata=dataclasses.replace(episode.metadata, success=success, kept=success)
         )
-        for episode in rlds.read_episodes(source_dir)
+        for episode in rlds_read.read_episodes(source_dir)
     ]
-    rlds.write_episodes(target_dir, episodes, name="vlaw_demos")
+    rlds_write.write_episodes(target_dir, episodes, name="vlaw_demos")
 
 
 @pytest.fixture(scope="module")
@@ -110,11 +110,11 @@ def test_train_policy_trains_on_collected_episodes(trained):
 
 
 def test_load_policy_acts_in_the_station_action_space(trained):
-    from vlaw.data import droid, rlds
+    from vlaw.data import droid, rlds_read
     from vlaw.rollout.station import Observation
 
     config, workdir, _ = trained
-    episode = next(iter(rlds.read_episodes(os.path.join(workdir, "iter_00", "real"))))
+    episode = next(iter(rlds_read.read_episodes(os.path.join(workdir, "iter_00", "real"))))
     observations = [
         Observation(
             images={
@@ -200,13 +200,13 @@ def collected_by_policy(trained):
 
 
 def test_collect_after_training_rolls_out_the_trained_policy(collected_by_policy):
-    from vlaw.data import rlds
+    from vlaw.data import rlds_read
 
     config, workdir, summary = collected_by_policy
     checkpoint = os.path.join(workdir_lib.checkpoint_dir(workdir, "policy", 0), str(STEPS))
     assert summary["policy"] == "trained" and summary["policy_checkpoint"] == checkpoint
     assert "demos" not in summary  # warm-start demonstrations belong to iteration 0 only
-    episodes = list(rlds.read_episodes(os.path.join(workdir, "iter_01", "real")))
+    episodes = list(rlds_read.read_episodes(os.path.join(workdir, "iter_01", "real")))
     assert len(episodes) == config.loop.real_rollouts_per_task
     for episode in episodes:
         assert episode.metadata.policy_checkpoint == checkpoint

@@ -13,7 +13,7 @@ import pytest
 from vlaw import pipeline
 from vlaw import workdir as workdir_lib
 from vlaw.agents import reward
-from vlaw.data import rlds
+from vlaw.data import rlds_read, rlds_write
 from vlaw.phases.train_reward import train_reward_phase
 
 CHECKPOINTS = ("checkpoints", "reward", "iter_01")
@@ -57,7 +57,7 @@ def test_train_reward_writes_checkpoints_and_reports_accuracy(trained):
         os.path.join(workdir, "demos"),
         os.path.join(workdir, "iter_01", "real"),
     ]
-    episodes = rlds.count_episodes(summary["dataset_dirs"])
+    episodes = rlds_read.count_episodes(summary["dataset_dirs"])
     for decision in ("alpha", "argmax"):
         counts = summary["train_confusion"][decision]
         assert sum(counts[k] for k in ("tp", "fp", "tn", "fn")) == episodes
@@ -103,7 +103,7 @@ def test_label_with_the_trained_model(trained):
     config, workdir, _ = trained
     summary = pipeline.run_phase("label", config, workdir, iteration=1)
     assert summary["reward_params"] == os.path.join(workdir, *CHECKPOINTS)
-    episodes = list(rlds.read_episodes(summary["dataset_dirs"]))
+    episodes = list(rlds_read.read_episodes(summary["dataset_dirs"]))
     scores = np.asarray([e.metadata.reward_score for e in episodes])
     assert np.all((scores >= 0) & (scores <= 1))
     kept = np.asarray([e.metadata.kept for e in episodes])
@@ -137,7 +137,7 @@ def test_train_reward_learns_to_separate_successes(tmp_path):
         camera = f"observation/{config.reward.camera}"
         episode.observation[camera] = _block_video(episode.metadata.success, rng, episode.num_steps)
     workdir = str(tmp_path)
-    rlds.write_episodes(os.path.join(workdir, "iter_01", "real"), episodes, name="vlaw_real")
+    rlds_write.write_episodes(os.path.join(workdir, "iter_01", "real"), episodes, name="vlaw_real")
     config.mesh.tensor = 1
     config.reward.train_on_demos = False
     config.reward.label_batch_size = 8

@@ -18,7 +18,7 @@ from vlaw import pipeline
 from vlaw import workdir as workdir_lib
 from vlaw.agents import world_model as wm
 from vlaw.agents import world_model_codec as wm_codec
-from vlaw.data import mixture, rlds
+from vlaw.data import mixture, rlds_read
 from vlaw.eval import prediction as wm_eval
 from vlaw.phases.train_world_model import train_world_model_phase
 
@@ -122,14 +122,14 @@ def test_windows_hold_out_the_newest_episode_and_carry_instructions(collected):
     config, workdir = collected
     dirs = workdir_lib.world_model_training_dirs(workdir, 0)
     assert dirs == [os.path.join(workdir, "demos"), os.path.join(workdir, "iter_00", "real")]
-    layout = rlds.open_dataset(dirs[-1])
+    layout = rlds_read.open_dataset(dirs[-1])
     heldout = wm.heldout_episodes(dirs[-1], 1)
     assert heldout == [(layout.shard_paths[-1], layout.shard_lengths[-1] - 1)]
     model_cfg = wm.model_config(config)
     size = wm.pixel_size(model_cfg)
     batches = wm.world_model_windows(
         config,
-        mixture.sources_from_config(dirs, config.data),
+        mixture.real_and_droid_sources(dirs, config.data.droid_path, config.data.droid_weight),
         batch_size=2,
         seed=0,
         image_size=size,
@@ -203,7 +203,7 @@ def test_training_lowers_the_loss_on_a_fixed_batch(trained):
     initial = wm.initial_params(spec, model, vae, size, seed)(None)
     trained_params = loaded.params
     dirs = workdir_lib.world_model_training_dirs(workdir, 0)
-    sources = mixture.sources_from_config(dirs, config.data)
+    sources = mixture.real_and_droid_sources(dirs, config.data.droid_path, config.data.droid_weight)
     batches = wm.world_model_windows(config, sources, batch_size=2, seed=7, image_size=size)
     try:
         batch = wm.world_model_host_fn(wm.TextEmbeddings(model_cfg.text_dim))(next(batches))

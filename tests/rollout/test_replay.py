@@ -9,7 +9,7 @@ import pytest
 from vlaw import pipeline
 from vlaw import workdir as workdir_lib
 from vlaw.config import experiment_config
-from vlaw.data import rlds
+from vlaw.data import rlds_read
 from vlaw.rollout import imagine_plan, replay
 
 
@@ -31,7 +31,7 @@ def test_simulator_replay_reproduces_a_demonstrations_outcome(tmp_path):
     config.loop.warmstart_demos_per_task = config.loop.real_rollouts_per_task = 1
     config.sim.expert_noise = 0.0
     pipeline.run_phase("collect", config, str(tmp_path), iteration=0)
-    demo = next(rlds.read_episodes(os.path.join(tmp_path, "demos")))
+    demo = next(rlds_read.read_episodes(os.path.join(tmp_path, "demos")))
     assert demo.metadata.success, "the noiseless expert should succeed at scoop"
     (start,) = imagine_plan.start_states(
         config.tasks, workdir_lib.imagine_start_dirs(str(tmp_path), 1)

@@ -41,12 +41,12 @@ import ml_collections
 import numpy as np
 from absl import logging
 
-from vlaw.data import droid, rlds, transforms, windows
+from vlaw.data import droid, policy_windows, transforms, windows
 from vlaw.data import norm_stats as norm_stats_lib
 from vlaw.data.atomic_json import read_json, write_json
 from vlaw.losses import flow_matching_loss
 from vlaw.models.policy import pi05
-from vlaw.models.policy.tokenizer import NUM_STATE_BINS, PaligemmaTokenizer, clean_prompt
+from vlaw.models.policy.tokenizer import NUM_STATE_BINS, PaligemmaTokenizer
 from vlaw.train import checkpoints, optim
 
 # Camera -> pi0.5 image slot, openpi's DROID mapping: base_0_rgb = exterior 1, left_wrist_0_rgb
@@ -76,44 +76,26 @@ def weighted_policy_batches(
     seed: int,
     shuffle_buffer: int | None = None,
 ):
-    """The policy's training examples with Eq. 4's weights (`windows.episode_weight`).
+    """The policy's training examples with Eq. 4's weights (`policy_windows.episode_weight`).
 
     Batches: images (B, 3, H, W, 3) uint8 in droid.CAMERA_NAMES order, state (B, 8), prompt (B,)
     bytes, actions (B, action_horizon, 8), weight (B,) float32.
     """
-    return windows.policy_batches_from_config(
-        config, dataset_dirs, seed=seed, shuffle_buffer=shuffle_buffer
+    data = config.data
+    return policy_windows.policy_batches(
+        list(dataset_dirs),
+        batch_size=windows.host_batch_size(config.policy.train.batch_size),
+        action_horizon=config.policy.action_horizon,
+        seed=seed,
+        shuffle_buffer=data.shuffle_buffer if shuffle_buffer is None else shuffle_buffer,
+        num_parallel_reads=data.num_parallel_reads,
+        image_size=(data.image_height, data.image_width),
+        skip_corrupt=data.skip_corrupt,
     )
 
 
 # --------------------------------------------------------------------------------------------
 # Tokenizer and model configuration.
-
-
-@dataclasses.dataclass
-class DataSummary:
-    """What one pass over the training episodes' records finds (images stay encoded)."""
-
-    num_episodes: int = 0
-    num_steps: int = 0
-    weighted_episodes: int = 0  # episodes of weight 1 (Eq. 4)
-    weighted_steps: int = 0
-    instructions: tuple[str, ...] = ()
-
-
-def scan_episodes(dataset_dirs: Sequence[str], skip_corrupt: bool = False) -> DataSummary:
-    summary, instructions = DataSummary(), set()
-    for dataset_dir in dataset_dirs:
-        layout = rlds.open_dataset(dataset_dir)
-        for raw in rlds.iter_raw_episodes(layout, skip_corrupt=skip_corrupt):
-            weight = windows.episode_weight(rlds.metadata_from_raw(raw))
-            summary.num_episodes += 1
-            summary.num_steps += int(raw["num_steps"])
-            summary.weighted_episodes += int(weight > 0)
-            summary.weighted_steps += int(weight > 0) * int(raw["num_steps"])
-            instructions.add(clean_prompt(rlds.instruction_from_raw(raw)))
-    summary.instructions = tuple(sorted(instructions))
-    return summary
 
 
 def train_small_tokenizer(path: str, instructions: Sequence[str], vocab_size: int) -> str:

@@ -28,7 +28,7 @@ import ml_collections
 import numpy as np
 from tqdm import tqdm
 
-from vlaw.data import rlds
+from vlaw.data import rlds_read
 from vlaw.data.transforms import uniform_frame_indices
 from vlaw.losses import yes_no_loss
 from vlaw.models.reward.qwen3_vl import Qwen3VL, Qwen3VLConfig, _dummy_inputs, answer_logits
@@ -255,18 +255,18 @@ def answer_probabilities(
 def _episode_clips(layouts, camera: str, num_frames: int):
     """(key, clip (num_frames, H, W, 3) uint8, instruction, success, source) per episode; only
     the sampled frames' JPEGs are decoded."""
-    field = f"{rlds.STEPS}observation/{camera}"
+    field = f"{rlds_read.STEPS}observation/{camera}"
     for layout in layouts:
-        for raw in rlds.iter_raw_episodes(layout):
+        for raw in rlds_read.iter_raw_episodes(layout):
             if raw["num_steps"] == 0:
                 raise ValueError(
                     f"{raw['shard_path']} record {raw['record_index']}: episode has no steps"
                 )
             index = uniform_frame_indices(raw["num_steps"], num_frames)
-            clip = rlds.decode_images(raw[field][index], layout.image_shape)
-            metadata = rlds.metadata_from_raw(raw)
+            clip = rlds_read.decode_images(raw[field][index], layout.image_shape)
+            metadata = rlds_read.metadata_from_raw(raw)
             key = (raw["shard_path"], int(raw["record_index"]))
-            yield key, clip, rlds.instruction_from_raw(raw), metadata.success, metadata.source
+            yield key, clip, rlds_read.instruction_from_raw(raw), metadata.success, metadata.source
 
 
 def score_episodes(
@@ -287,7 +287,7 @@ def score_episodes(
     (`prompt_length`). The last batch is padded by repeating its last
     episode (the padding's scores are dropped), so the jitted function sees one shape.
     """
-    layouts = [rlds.open_dataset(d) for d in dataset_dirs]
+    layouts = [rlds_read.open_dataset(d) for d in dataset_dirs]
     total = sum(layout.num_episodes for layout in layouts)
     yes, no = answer_token_ids(tokenizer)
     params = jax.jit(functools.partial(optim.cast_floating, dtype=model_cfg.dtype))(params)

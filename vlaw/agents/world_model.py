@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlaw.data import mixture, rlds, windows
+from vlaw.data import mixture, rlds_read, windows
 from vlaw.data.atomic_json import read_json, write_json
+from vlaw.data.world_model_windows import world_model_batches
 from vlaw.models.world_model import ctrl_world as cw
 from vlaw.models.world_model.vae import TemporalVAE, VAEConfig, encode_latents
 from vlaw.train import checkpoints, optim
@@ -140,7 +141,7 @@ def check_mesh_batch(config: ml_collections.ConfigDict, num_devices: int | None 
 def heldout_episodes(dataset_dir: str, count: int) -> list[tuple[str, int]]:
     """(shard path, record index) of the last `count` episodes of `dataset_dir` in file order,
     or none when that would leave the dataset empty."""
-    layout = rlds.open_dataset(dataset_dir)
+    layout = rlds_read.open_dataset(dataset_dir)
     if count <= 0 or layout.num_episodes <= count:
         return []
     every = [
@@ -160,21 +161,33 @@ def world_model_windows(
     image_size: tuple[int, int],
     exclude: Sequence[tuple[str, int]] = (),
 ) -> windows.WindowBatches:
-    """`windows.world_model_batches` over `sources` at the model's pixel size, minus the
-    `exclude`d (shard path, record index) episodes (the held-out ones).
+    """`vlaw.data.world_model_windows.world_model_batches` over `sources` at the model's pixel
+    size, with Ctrl-World's recipe, minus the `exclude`d (shard path, record index) episodes
+    (the held-out ones).
 
     Batches: history_frames (B, Th, V, H, W, 3) uint8, current_frame (B, V, H, W, 3),
     future_frames (B, F-1, V, H, W, 3), history_poses (B, Th, 7), future_poses (B, F, 7),
     action_chunk, instruction (B,) bytes. `batch_size` is the global batch.
     """
-    return windows.world_model_batches_from_config(
-        config,
-        (),
-        sources=list(sources),
-        batch_size=batch_size,
+    data, model = config.data, config.world_model
+    return world_model_batches(
+        list(sources),
+        batch_size=windows.host_batch_size(batch_size),
+        num_history=model.num_history,
+        num_future=model.num_future,
+        frame_stride=model.frame_stride,
+        # Ctrl-World's training recipe (ctrl_world.md §1.3): history every 4 or 8 frames, and
+        # 15 % of windows without history.
+        history_spacing=HISTORY_SPACING,
+        no_history_probability=0.15,
+        # `data.shuffle_buffer` counts frames; a window carries the JPEGs of
+        # num_history + num_future frames, so this keeps the buffer's memory the same.
+        shuffle_buffer=max(1, data.shuffle_buffer // (model.num_history + model.num_future)),
+        num_parallel_reads=data.num_parallel_reads,
         image_size=image_size,
         seed=seed,
         exclude=exclude,
+        skip_corrupt=data.skip_corrupt,
     )
 
 

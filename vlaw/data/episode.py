@@ -1,8 +1,8 @@
 """The in-memory episode every part of vlaw exchanges: numpy arrays in DROID's names.
 
-Stations (simulated or real) and the world model produce `Episode`s; `vlaw.data.rlds` writes
-them as RLDS and reads them back. Numpy only: the simulator's processes import this module and
-must never import TensorFlow.
+Stations (simulated or real) and the world model produce `Episode`s; `vlaw.data.rlds_write`
+writes them as RLDS and `vlaw.data.rlds_read` reads them back. Numpy only: the simulator's
+processes import this module and must never import TensorFlow.
 """
 
 import dataclasses

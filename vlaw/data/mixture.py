@@ -51,12 +51,14 @@ def as_sources(sources: str | os.PathLike | Sequence[Any]) -> list[Source]:
     return [Source(tuple(os.fspath(s) for s in sources))]
 
 
-def sources_from_config(real_dataset_dirs: Sequence[str], data_config) -> list[Source]:
-    """D_real (weight 1) plus, when `data_config.droid_path` is set, DROID (weight lambda =
-    `data_config.droid_weight`), as Eq. 2 co-trains the world model."""
+def real_and_droid_sources(
+    real_dataset_dirs: Sequence[str], droid_path: str, droid_weight: float
+) -> list[Source]:
+    """D_real (weight 1) plus, when `droid_path` is set, DROID (weight lambda = `droid_weight`),
+    as Eq. 2 co-trains the world model."""
     sources = [Source(tuple(real_dataset_dirs), 1.0, "real")]
-    if data_config.droid_path:
-        sources.append(Source((data_config.droid_path,), float(data_config.droid_weight), "droid"))
+    if droid_path:
+        sources.append(Source((droid_path,), float(droid_weight), "droid"))
     return sources
 
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from vlaw.data import droid, rlds
+from vlaw.data import droid, rlds_read
 
 
 @dataclasses.dataclass
@@ -195,9 +195,9 @@ def _policy_arrays(
     """(state (T, 8), actions (T, 8)) per episode, straight from the undecoded records."""
     dirs = [dataset_dirs] if isinstance(dataset_dirs, str) else list(dataset_dirs)
     for dataset_dir in dirs:
-        layout = rlds.open_dataset(dataset_dir)
-        for raw in rlds.iter_raw_episodes(layout, skip_corrupt=skip_corrupt):
-            if only_successes and not rlds.metadata_from_raw(raw).success:
+        layout = rlds_read.open_dataset(dataset_dir)
+        for raw in rlds_read.iter_raw_episodes(layout, skip_corrupt=skip_corrupt):
+            if only_successes and not rlds_read.metadata_from_raw(raw).success:
                 continue
-            steps = {path.removeprefix(rlds.STEPS): value for path, value in raw.items()}
+            steps = {path.removeprefix(rlds_read.STEPS): value for path, value in raw.items()}
             yield droid.policy_state(steps), droid.policy_actions(steps)

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from vlaw.agents.world_model import HISTORY_SPACING
-from vlaw.data import droid, rlds, transforms
+from vlaw.data import droid, rlds_read, transforms
 from vlaw.models.world_model import ctrl_world as cw
 from vlaw.models.world_model.vae import TemporalVAE, encode_latents
 
@@ -33,14 +33,14 @@ def evaluation_windows(
     """`num_windows` evenly spaced windows of the held-out episodes (history spacing 4):
     frames (N, T, V, H, W, 3) uint8 at the model's pixel size, poses (N, T, 7), instructions."""
     w = config.world_model
-    layout = rlds.open_dataset(dataset_dir)
+    layout = rlds_read.open_dataset(dataset_dir)
     wanted = {(str(p), int(i)) for p, i in episodes}
     shards = sorted({p for p, _ in episodes})
     frames, poses, instructions = [], [], []
-    for raw in rlds.iter_raw_episodes(layout, shards):
+    for raw in rlds_read.iter_raw_episodes(layout, shards):
         if (str(raw["shard_path"]), int(raw["record_index"])) not in wanted:
             continue
-        episode = rlds.episode_from_raw(raw, layout)
+        episode = rlds_read.episode_from_raw(raw, layout)
         per_episode = max(1, -(-num_windows // len(episodes)))
         starts = np.linspace(0, episode.num_steps - 1, per_episode + 2)[1:-1].round().astype(int)
         idx = transforms.world_model_indices(

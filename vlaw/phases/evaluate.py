@@ -18,7 +18,7 @@ import ml_collections
 from absl import logging
 
 from vlaw import workdir as workdir_lib
-from vlaw.data import rlds
+from vlaw.data import rlds_read
 from vlaw.eval.success import success_table, task_success
 from vlaw.rollout.episodes import record_dataset
 
@@ -30,8 +30,8 @@ def evaluated_successes(dataset_dir: str) -> dict[str, dict]:
     metadata (no image is decoded). Episodes run `sim.max_steps` steps: the station labels the
     final state, after the success's holding period (Appendix B)."""
     successes, steps = collections.Counter(), collections.defaultdict(list)
-    for raw in rlds.iter_raw_episodes(rlds.open_dataset(dataset_dir)):
-        metadata = rlds.metadata_from_raw(raw)
+    for raw in rlds_read.iter_raw_episodes(rlds_read.open_dataset(dataset_dir)):
+        metadata = rlds_read.metadata_from_raw(raw)
         successes[metadata.task] += int(metadata.success)
         steps[metadata.task].append(int(raw["num_steps"]))
     return {

@@ -38,7 +38,7 @@ from tqdm import tqdm
 from vlaw import workdir as workdir_lib
 from vlaw.agents import policy as policy_agent
 from vlaw.agents import world_model as world_model_agent
-from vlaw.data import rlds
+from vlaw.data import rlds_write
 from vlaw.data.episode import Episode
 from vlaw.rollout import episodes as episodes_lib
 from vlaw.rollout import replay
@@ -161,7 +161,7 @@ def imagine_phase(
             episode.metadata = dataclasses.replace(episode.metadata, success=success)
             yield episode
 
-    written = rlds.write_episodes(
+    written = rlds_write.write_episodes(
         dataset_dir,
         episodes(),
         name="vlaw_synthetic",

@@ -7,11 +7,9 @@ Algorithm 1, line "label D_syn": every episode of the datasets named by
 P(first answer token = "yes") over 16 uniformly sampled frames of `reward.camera`, and its
 metadata gets `reward_score = P(yes)` and `kept = P(yes) > alpha` (Eq. 3, alpha = 0.8).
 
-Writing back is lossless and atomic: each shard's records are re-serialized with only the two
-metadata features changed (no JPEG is decoded and re-encoded, so no image loses quality) into a
-temp sibling directory, which then replaces the dataset by two renames (old -> backup,
-temp -> old; the backup is then removed). A crash between the renames leaves the backup
-`.<name>.label-backup-*` beside the missing dataset, complete.
+Writing back is lossless and atomic (`vlaw.data.rlds_write.rewrite_episode_metadata`): only
+the two metadata features change, no JPEG is decoded and re-encoded, and a crash leaves either
+the old dataset or the new one (or, between two renames, a complete backup beside it).
 
 Where an episode's success is known (`reward.known_label_sources`: real rollouts and demos
 labelled by the station, DROID's path labels, and synthetic episodes when `imagine` stores the
@@ -23,67 +21,18 @@ train accuracy with it).
 """
 
 import os
-import shutil
 import time
-import uuid
 
 import ml_collections
 from absl import logging
 
 from vlaw import workdir as workdir_lib
 from vlaw.agents import reward as reward_agent
-from vlaw.data import rlds
-from vlaw.data.tensorflow_cpu import import_tensorflow
+from vlaw.data import rlds_read, rlds_write
 from vlaw.eval.confusion import confusion_report
 
 SCORE_FIELD = "episode_metadata/reward_score"
 KEPT_FIELD = "episode_metadata/kept"
-
-
-def write_scores(dataset_dir: str, scores: dict[tuple[str, int], tuple[float, bool]]) -> None:
-    """Rewrites `dataset_dir` with `reward_score` and `kept` set for every episode, losslessly
-    and atomically (see the module docstring). `scores` maps (shard path, record index) ->
-    (score, kept) and must cover every record."""
-    tf = import_tensorflow()
-    layout = rlds.open_dataset(dataset_dir)
-    for field in (SCORE_FIELD, KEPT_FIELD):
-        if field not in layout.fields:
-            raise rlds.DataError(
-                f"{dataset_dir}/features.json", field, "missing: not a vlaw dataset"
-            )
-    dataset_dir = os.path.abspath(layout.dataset_dir)
-    parent, name = os.path.split(dataset_dir)
-    temp_dir = os.path.join(parent, f".{name}.label-tmp-{uuid.uuid4().hex}")
-    backup_dir = os.path.join(parent, f".{name}.label-backup-{uuid.uuid4().hex}")
-    shard_names = {os.path.basename(p) for p in layout.shard_paths}
-    os.makedirs(temp_dir)
-    try:
-        for entry in os.listdir(dataset_dir):
-            if entry not in shard_names:
-                shutil.copy2(os.path.join(dataset_dir, entry), os.path.join(temp_dir, entry))
-        written = 0
-        for shard_path in layout.shard_paths:
-            target = os.path.join(temp_dir, os.path.basename(shard_path))
-            with tf.io.TFRecordWriter(target) as writer:
-                for index, serialized in enumerate(rlds._silenced_tf_record_iterator(shard_path)):
-                    key = (shard_path, index)
-                    if key not in scores:
-                        raise KeyError(f"{shard_path} record {index}: no score for it")
-                    value, kept = scores[key]
-                    example = tf.train.Example.FromString(serialized)
-                    feature = example.features.feature
-                    feature[SCORE_FIELD].float_list.value[:] = [float(value)]
-                    feature[KEPT_FIELD].int64_list.value[:] = [int(bool(kept))]
-                    writer.write(example.SerializeToString())
-                    written += 1
-        if written != len(scores):
-            raise ValueError(f"{dataset_dir}: {written} records written, {len(scores)} scored")
-        os.rename(dataset_dir, backup_dir)
-        os.rename(temp_dir, dataset_dir)
-    except BaseException:
-        shutil.rmtree(temp_dir, ignore_errors=True)
-        raise
-    shutil.rmtree(backup_dir)
 
 
 def label_dataset_dirs(config: ml_collections.ConfigDict, workdir: str, iteration: int):
@@ -112,7 +61,7 @@ def label_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int)
     params, params_from = reward_agent.load_trained_params(config, trained)
     model_cfg = reward_agent.model_config(config)
     tokenizer = reward_agent.reward_tokenizer(config)
-    image_hw = rlds.open_dataset(dirs[0]).image_shape[:2]
+    image_hw = rlds_read.open_dataset(dirs[0]).image_shape[:2]
     length = reward_agent.prompt_length(tokenizer, model_cfg, image_hw, config)
     start = time.perf_counter()
     scores = reward_agent.score_episodes_for_config(
@@ -120,11 +69,15 @@ def label_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int)
     )
     seconds = time.perf_counter() - start
     kept = scores.p_yes > r.alpha
-    by_key = {k: (float(s), bool(x)) for k, s, x in zip(scores.keys, scores.p_yes, kept)}
+    by_key = {
+        k: {SCORE_FIELD: float(s), KEPT_FIELD: bool(x)}
+        for k, s, x in zip(scores.keys, scores.p_yes, kept, strict=True)
+    }
     for dataset_dir in dirs:
-        layout = rlds.open_dataset(dataset_dir)
-        shards = set(layout.shard_paths)
-        write_scores(dataset_dir, {k: v for k, v in by_key.items() if k[0] in shards})
+        shards = set(rlds_read.open_dataset(dataset_dir).shard_paths)
+        rlds_write.rewrite_episode_metadata(
+            dataset_dir, {k: v for k, v in by_key.items() if k[0] in shards}
+        )
     report = confusion_report(scores, r.alpha, known_sources=tuple(r.known_label_sources))
     logging.info("label: %d episodes, %d kept; confusion %s", len(scores), kept.sum(), report)
     return {

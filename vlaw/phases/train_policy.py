@@ -25,7 +25,7 @@ from absl import logging
 
 from vlaw import workdir as workdir_lib
 from vlaw.agents import policy as policy_agent
-from vlaw.data import rlds, windows
+from vlaw.data import policy_windows, rlds_read
 from vlaw.models.policy import pi05
 from vlaw.models.policy.tokenizer import clean_prompt
 from vlaw.train import trainer
@@ -45,14 +45,14 @@ class DataSummary:
 def scan_episodes(dataset_dirs: Sequence[str], skip_corrupt: bool = False) -> DataSummary:
     summary, instructions = DataSummary(), set()
     for dataset_dir in dataset_dirs:
-        layout = rlds.open_dataset(dataset_dir)
-        for raw in rlds.iter_raw_episodes(layout, skip_corrupt=skip_corrupt):
-            weight = windows.episode_weight(rlds.metadata_from_raw(raw))
+        layout = rlds_read.open_dataset(dataset_dir)
+        for raw in rlds_read.iter_raw_episodes(layout, skip_corrupt=skip_corrupt):
+            weight = policy_windows.episode_weight(rlds_read.metadata_from_raw(raw))
             summary.num_episodes += 1
             summary.num_steps += int(raw["num_steps"])
             summary.weighted_episodes += int(weight > 0)
             summary.weighted_steps += int(weight > 0) * int(raw["num_steps"])
-            instructions.add(clean_prompt(rlds.instruction_from_raw(raw)))
+            instructions.add(clean_prompt(rlds_read.instruction_from_raw(raw)))
     summary.instructions = tuple(sorted(instructions))
     return summary
 

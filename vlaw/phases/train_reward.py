@@ -37,7 +37,7 @@ from absl import logging
 
 from vlaw import workdir as workdir_lib
 from vlaw.agents import reward as reward_agent
-from vlaw.data import rlds, windows
+from vlaw.data import reward_windows, rlds_read, windows
 from vlaw.eval.confusion import confusion_report
 from vlaw.train import trainer
 
@@ -67,7 +67,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
     dirs = workdir_lib.reward_training_dirs(
         workdir, iteration, include_demos=bool(r.train_on_demos)
     )
-    image_hw = rlds.open_dataset(dirs[0]).image_shape[:2]
+    image_hw = rlds_read.open_dataset(dirs[0]).image_shape[:2]
     model_cfg = reward_agent.model_config(config)
     tokenizer = reward_agent.reward_tokenizer(config)
     length = reward_agent.prompt_length(tokenizer, model_cfg, image_hw, config)
@@ -81,7 +81,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
         return {**inputs, "label": batch["label"]}
 
     data_hw = (config.data.image_height, config.data.image_width)
-    batches = windows.reward_batches(
+    batches = reward_windows.reward_batches(
         dirs,
         batch_size=windows.host_batch_size(r.train.batch_size),
         num_frames=r.num_frames,

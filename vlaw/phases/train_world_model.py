@@ -35,7 +35,7 @@ from absl import logging
 from vlaw import workdir as workdir_lib
 from vlaw.agents import world_model as wm
 from vlaw.agents.world_model_codec import measure_residual_scale, prepare_vae
-from vlaw.data import mixture, rlds
+from vlaw.data import mixture, rlds_read
 from vlaw.eval.prediction import evaluate_prediction, evaluation_windows
 from vlaw.models.world_model import ctrl_world as cw
 from vlaw.models.world_model.vae import TemporalVAE
@@ -127,7 +127,9 @@ def train_world_model_phase(
         )
     newest_real = dataset_dirs[-1]
     exclude = wm.heldout_episodes(newest_real, int(w.eval_holdout_episodes))
-    sources = mixture.sources_from_config(dataset_dirs, config.data)
+    sources = mixture.real_and_droid_sources(
+        dataset_dirs, config.data.droid_path, config.data.droid_weight
+    )
     spec = prepare(config, workdir, iteration, dataset_dirs, sources, exclude, progress=progress)
     directory = workdir_lib.checkpoint_dir(workdir, "world_model", iteration)
 
@@ -210,5 +212,5 @@ def train_world_model_phase(
 
 def _last_episode(dataset_dir: str) -> list[tuple[str, int]]:
     """The dataset's last episode (the check runs on training data when none was held out)."""
-    layout = rlds.open_dataset(dataset_dir)
+    layout = rlds_read.open_dataset(dataset_dir)
     return [(layout.shard_paths[-1], layout.shard_lengths[-1] - 1)]

@@ -6,7 +6,7 @@ client: 8 of 10), and records each station's steps. `record_dataset` runs a list
 (scripted expert or policy) in simulator workers into one RLDS dataset: each episode is saved
 atomically the moment it ends (lossless npz in a staging directory beside the dataset), so an
 interrupted run resumes the count on rerun; once all episodes exist the RLDS dataset is written
-atomically and the staging removed. TensorFlow is imported (through vlaw.data.rlds) only in
+atomically and the staging removed. TensorFlow is imported (through vlaw.data.rlds_write) only in
 this parent process, never in the rendering workers.
 """
 
@@ -223,10 +223,10 @@ def record_dataset(
 
     Each episode is saved to the staging directory the moment it ends; a rerun after a crash
     loads the saved ones and runs only the rest. The RLDS dataset is then written in one go
-    (atomically, by vlaw.data.rlds) and the staging directory removed. `policy` None: the
+    (atomically, by vlaw.data.rlds_write) and the staging directory removed. `policy` None: the
     scripted expert acts.
     """
-    from vlaw.data import rlds  # TensorFlow: this parent process only, never the sim workers
+    from vlaw.data import rlds_write  # TensorFlow: this parent process only, never the sim workers
 
     staging = staging_dir(dataset_dir)
     actor = f"scripted_expert(noise={config.sim.expert_noise:g})"
@@ -263,7 +263,7 @@ def record_dataset(
             yield episode
 
     tally = SuccessTally()
-    summary = rlds.write_episodes(
+    summary = rlds_write.write_episodes(
         dataset_dir,
         tally.watch(episodes()),
         name=name,

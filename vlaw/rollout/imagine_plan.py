@@ -13,7 +13,7 @@ from collections.abc import Iterator, Sequence
 
 import numpy as np
 
-from vlaw.data import droid, rlds
+from vlaw.data import droid, rlds_read
 from vlaw.rollout.station import TaskSpec, parse_episode_id
 
 
@@ -59,22 +59,24 @@ class Rollout:
 
 def _first_steps(dataset_dir: str, tasks: Sequence[str]) -> Iterator[StartState]:
     """The first step of each episode of `tasks` in `dataset_dir` (only its frames decoded)."""
-    layout = rlds.open_dataset(dataset_dir)
-    for raw in rlds.iter_raw_episodes(layout):
-        metadata = rlds.metadata_from_raw(raw)
+    layout = rlds_read.open_dataset(dataset_dir)
+    for raw in rlds_read.iter_raw_episodes(layout):
+        metadata = rlds_read.metadata_from_raw(raw)
         if metadata.task not in tasks or raw["num_steps"] == 0:
             continue
         images = [
-            rlds.decode_images(raw[f"{rlds.STEPS}observation/{name}"][:1], layout.image_shape)[0]
+            rlds_read.decode_images(
+                raw[f"{rlds_read.STEPS}observation/{name}"][:1], layout.image_shape
+            )[0]
             for name in droid.CAMERA_NAMES
         ]
         yield StartState(
             task=metadata.task,
             episode_id=metadata.episode_id,
-            instruction=rlds.instruction_from_raw(raw),
+            instruction=rlds_read.instruction_from_raw(raw),
             images=np.stack(images),
-            joint_position=np.asarray(raw[f"{rlds.STEPS}observation/joint_position"][0]),
-            gripper_position=np.asarray(raw[f"{rlds.STEPS}observation/gripper_position"][0]),
+            joint_position=np.asarray(raw[f"{rlds_read.STEPS}observation/joint_position"][0]),
+            gripper_position=np.asarray(raw[f"{rlds_read.STEPS}observation/gripper_position"][0]),
         )
 
 
