@@ -285,3 +285,21 @@ def test_a_bad_init_from_is_refused_before_anything_is_written(collected, tmp_pa
     config.policy.train.init_from = ""
     spec, prepared_dir, _ = train_policy_phase.prepare(config, run, 0)
     assert prepared_dir == directory and spec["init"] == {"kind": "scratch", "path": ""}
+
+
+def test_skipped_records_are_counted_for_the_summary(collected, tmp_path):
+    """With data.skip_corrupt a shard cut short costs its episodes, and the phase's summary
+    says how many (`skipped_corrupt_records`); without it the read fails naming the shard."""
+    from vlaw.data import rlds_read
+
+    _, workdir, _ = collected
+    copy = str(tmp_path / "demos")
+    shutil.copytree(os.path.join(workdir, "demos"), copy)
+    layout = rlds_read.open_dataset(copy)
+    with open(layout.shard_paths[0], "wb"):
+        pass  # cut to 0 bytes
+    summary = train_policy_phase.scan_episodes([copy], skip_corrupt=True)
+    assert summary.skipped_corrupt == layout.shard_lengths[0]
+    assert summary.num_episodes == layout.num_episodes - layout.shard_lengths[0]
+    with pytest.raises(rlds_read.DataError, match=os.path.basename(layout.shard_paths[0])):
+        train_policy_phase.scan_episodes([copy])

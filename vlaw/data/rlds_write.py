@@ -18,6 +18,7 @@ Storage facts worth knowing:
 - Images are JPEG, encoded by `encode_jpegs` exactly as TFDS's Image feature would (quality 95).
 """
 
+import glob
 import itertools
 import math
 import os
@@ -218,7 +219,13 @@ def write_episodes(
         )
     parent = os.path.dirname(dataset_dir)
     os.makedirs(parent, exist_ok=True)
-    temp_dir = os.path.join(parent, f".{os.path.basename(dataset_dir)}.tmp-{uuid.uuid4().hex}")
+    # A writer killed outright (SIGKILL, a preempted VM) had no chance to remove its temp
+    # sibling; the dataset does not exist yet and the run directory's lock keeps a second
+    # writer out, so what is there is a dead writer's: clear it.
+    prefix = f".{os.path.basename(dataset_dir)}.tmp-"
+    for leftover in glob.glob(os.path.join(parent, glob.escape(prefix) + "*")):
+        shutil.rmtree(leftover, ignore_errors=True)
+    temp_dir = os.path.join(parent, f"{prefix}{uuid.uuid4().hex}")
     os.makedirs(temp_dir)
     try:
         summary = _write_into(temp_dir, episodes, name, episodes_per_shard, progress)

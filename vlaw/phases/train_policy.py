@@ -40,13 +40,15 @@ class DataSummary:
     weighted_episodes: int = 0  # episodes of weight 1 (Eq. 4)
     weighted_steps: int = 0
     instructions: tuple[str, ...] = ()
+    skipped_corrupt: int = 0  # unreadable records skipped (data.skip_corrupt)
 
 
 def scan_episodes(dataset_dirs: Sequence[str], skip_corrupt: bool = False) -> DataSummary:
-    summary, instructions = DataSummary(), set()
+    summary, instructions, report = DataSummary(), set(), rlds_read.ReadReport()
     for dataset_dir in dataset_dirs:
         layout = rlds_read.open_dataset(dataset_dir)
-        for raw in rlds_read.iter_raw_episodes(layout, skip_corrupt=skip_corrupt):
+        raws = rlds_read.iter_raw_episodes(layout, skip_corrupt=skip_corrupt, report=report)
+        for raw in raws:
             weight = policy_windows.episode_weight(rlds_read.metadata_from_raw(raw))
             summary.num_episodes += 1
             summary.num_steps += int(raw["num_steps"])
@@ -54,6 +56,7 @@ def scan_episodes(dataset_dirs: Sequence[str], skip_corrupt: bool = False) -> Da
             summary.weighted_steps += int(weight > 0) * int(raw["num_steps"])
             instructions.add(clean_prompt(rlds_read.instruction_from_raw(raw)))
     summary.instructions = tuple(sorted(instructions))
+    summary.skipped_corrupt = report.num_skipped
     return summary
 
 
@@ -147,6 +150,7 @@ def train_policy_phase(
         "num_steps": data.num_steps,
         "weighted_episodes": data.weighted_episodes,
         "weighted_steps": data.weighted_steps,
+        "skipped_corrupt_records": data.skipped_corrupt,
         "nonfinite_count": int(jax.device_get(state.nonfinite_count)),
     }
     if curve:

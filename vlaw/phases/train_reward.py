@@ -119,6 +119,8 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
         "final_loss": logged.get("loss"),
         "final_batch_accuracy": logged.get("accuracy"),  # argmax decision, last log window
         "nonfinite_count": logged.get("nonfinite_count"),
+        # Unreadable records skipped (data.skip_corrupt), counted on every pass over the data.
+        "skipped_corrupt_records": batches.read_report.num_skipped,
     }
     del state
     if r.evaluate_after_training:

@@ -186,6 +186,8 @@ def train_world_model_phase(
         "nonfinite_count": int(jax.device_get(state.nonfinite_count)),
         "train_seconds": round(train_seconds, 2),
         "heldout_episodes": len(exclude),
+        # Unreadable records skipped (data.skip_corrupt), counted on every pass over the data.
+        "skipped_corrupt_records": batches.read_report.num_skipped,
     }
     if spec["vae"].get("seconds") is not None:
         summary["vae_train_seconds"] = spec["vae"]["seconds"]
