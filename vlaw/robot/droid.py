@@ -150,8 +150,8 @@ class Operator(Protocol):
 class TerminalOperator:
     """Asks at the terminal. An empty instruction reuses the task's previous one."""
 
-    def __init__(self, read: Callable[[str], str] = input):
-        self._read = read
+    def __init__(self, read: Callable[[str], str] | None = None):
+        self._read = read or (lambda prompt: input(prompt))  # looked up when asked
         self._instructions: dict[str, str] = {}
 
     def prepare(self, task: TaskSpec) -> str:
