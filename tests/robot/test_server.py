@@ -175,3 +175,47 @@ def test_resize_with_pad_keeps_the_aspect_and_centres():
     rows = np.flatnonzero(resized[:, 112, 0])
     assert resized.shape == (224, 224, 3) and (rows[0], rows[-1]) == (49, 174)  # 126 rows
     assert wire.resize_with_pad(resized, 224, 224) is resized
+
+
+def _tiny_policy_workdir(workdir: str) -> None:
+    """collect's iteration-0 demonstrations and a random-weight policy of iteration 0, laid out
+    as train_policy writes it (as tests/phases/test_imagine.py does)."""
+    import flax.linen as nn
+    import jax
+
+    from vlaw import pipeline
+    from vlaw.agents import policy as policy_lib
+    from vlaw.config import experiment_config
+    from vlaw.models.policy import pi05
+    from vlaw.phases import train_policy
+
+    config = experiment_config(("stack",), "tiny")
+    pipeline.run_phase("collect", config, workdir, iteration=0)
+    spec, directory, _ = train_policy.prepare(config, workdir, 0)
+    abstract = nn.unbox(pi05.abstract_params(policy_lib.model_config_from_spec(spec)))["params"]
+    rng = np.random.default_rng(0)
+    params = jax.tree.map(lambda a: (0.05 * rng.standard_normal(a.shape)).astype(a.dtype), abstract)
+    policy_lib.save_policy(directory, params, spec=spec, step=1, ckpt_config=config.ckpt)
+
+
+@pytest.mark.slow
+def test_a_trained_policy_is_loaded_compiled_and_served(tmp_path):
+    from vlaw.robot.server import policy_server
+
+    _tiny_policy_workdir(str(tmp_path))
+    server = policy_server(str(tmp_path), 0, port=0, token=TOKEN).start_in_thread()
+    try:
+        with _client(server) as client:
+            assert client.metadata["iteration"] == 0
+            assert client.metadata["checkpoint"].endswith("/1")
+            request = _request(size=224)
+            first, second = client.infer(request), client.infer(request)
+    finally:
+        server.stop()
+    for reply in (first, second):
+        actions = reply["actions"]
+        assert actions.shape == (15, 8)
+        assert np.all(np.abs(actions[:, :7]) <= 1) and np.all(
+            (actions[:, 7] >= 0) & (actions[:, 7] <= 1)
+        )
+    assert not np.array_equal(first["actions"], second["actions"])  # fresh noise per call
