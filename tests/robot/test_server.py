@@ -152,6 +152,15 @@ def test_remote_policy_drives_like_a_local_one(served, fakes, make_station):
     np.testing.assert_allclose(chunks[:, 0, 0], observation.joint_position[0])
 
 
+def test_the_served_policy_dir_is_the_workdir_layout():
+    from vlaw import workdir as workdir_lib
+    from vlaw.robot.server import workdir_policy_dir
+
+    for iteration in (0, 3, 12):
+        expected = workdir_lib.checkpoint_dir("/runs/a", "policy", iteration)
+        assert workdir_policy_dir("/runs/a", iteration) == expected
+
+
 def test_wire_round_trips_arrays_and_scalars_and_refuses_objects():
     payload = {
         "a": np.arange(6, dtype=np.int16).reshape(2, 3),
@@ -200,10 +209,11 @@ def _tiny_policy_workdir(workdir: str) -> None:
 
 @pytest.mark.slow
 def test_a_trained_policy_is_loaded_compiled_and_served(tmp_path):
-    from vlaw.robot.server import policy_server
+    from vlaw.robot.server import policy_server, workdir_policy_dir
 
     _tiny_policy_workdir(str(tmp_path))
-    server = policy_server(str(tmp_path), 0, port=0, token=TOKEN).start_in_thread()
+    policy_dir = workdir_policy_dir(str(tmp_path), 0)
+    server = policy_server(policy_dir, port=0, token=TOKEN).start_in_thread()
     try:
         with _client(server) as client:
             assert client.metadata["iteration"] == 0

@@ -1,6 +1,7 @@
 """Serves a trained vlaw policy over openpi's websocket protocol (`vlaw.robot.wire`).
 
-    python -m vlaw.robot.server --workdir=W --iteration=N [--host=127.0.0.1] [--port=8000]
+    python -m vlaw.robot.server --workdir=W --iteration=N (or --policy_dir=D)
+        [--host=127.0.0.1] [--port=8000]
         [--token=T | $VLAW_POLICY_TOKEN] [--max_request_mb=16]
 
 openpi's stock DROID client (examples/droid/main.py, `WebsocketClientPolicy`) works against it
@@ -18,21 +19,23 @@ loop, so slow steps block neither other connections' handshakes nor `GET /health
 is loaded once and compiled by a warm-up call before the port opens.
 """
 
+import argparse
 import asyncio
 import concurrent.futures
 import hmac
 import http
 import os
+import sys
 import threading
 import time
 import traceback
 from collections.abc import Callable, Sequence
 
 import numpy as np
-from absl import app, flags, logging
+from absl import logging
 
-from vlaw import workdir as workdir_lib
 from vlaw.data import droid
+from vlaw.data.atomic_json import read_json
 from vlaw.robot import wire
 from vlaw.rollout.station import Observation
 
@@ -194,19 +197,24 @@ def warm_up(policy: ServedPolicy, image_size: tuple[int, int], **call_kwargs) ->
     return time.monotonic() - started
 
 
-def policy_server(workdir: str, iteration: int, *, seed: int = 0, **server_kwargs) -> PolicyServer:
-    """A server for the policy `train_policy` trained at `iteration`, loaded and compiled."""
+def workdir_policy_dir(workdir: str, iteration: int) -> str:
+    """Where train_policy wrote iteration `iteration`'s policy: vlaw.workdir's layout, which
+    this layer may not import (tests/robot/test_server.py holds the two equal)."""
+    return os.path.join(workdir, "checkpoints", "policy", f"iter_{iteration:02d}")
+
+
+def policy_server(policy_dir: str, *, seed: int = 0, **server_kwargs) -> PolicyServer:
+    """A server for the policy trained into `policy_dir`, loaded and compiled."""
     from vlaw.agents import policy as policy_agent  # JAX: the serving process only
 
-    directory = workdir_lib.checkpoint_dir(workdir, "policy", iteration)
-    policy = policy_agent.load_policy(directory, seed=seed)
+    policy = policy_agent.load_policy(policy_dir, seed=seed)
     size = int(policy.config.image_size)
     seconds = warm_up(policy, (size, size))
     logging.info("policy %s compiled in %.1f s", policy.checkpoint, seconds)
     metadata = {
         "policy": "vlaw pi0.5",
         "checkpoint": policy.checkpoint,
-        "iteration": int(iteration),
+        "iteration": read_json(os.path.join(policy_dir, policy_agent.SPEC_FILE))["iteration"],
         "action_horizon": int(policy.config.action_horizon),
         "open_loop_steps": int(policy.open_loop_steps),
         "action_space": "joint_velocity",
@@ -217,33 +225,42 @@ def policy_server(workdir: str, iteration: int, *, seed: int = 0, **server_kwarg
     return PolicyServer(policy, image_size=(size, size), metadata=metadata, **server_kwargs)
 
 
-_WORKDIR = flags.DEFINE_string("workdir", None, "the run's working directory", required=True)
-_ITERATION = flags.DEFINE_integer("iteration", None, "whose trained policy to serve", required=True)
-_HOST = flags.DEFINE_string("host", "127.0.0.1", "interface to bind (0.0.0.0: every interface)")
-_PORT = flags.DEFINE_integer("port", 8000, "TCP port (openpi's DROID client: 8000)")
-_TOKEN = flags.DEFINE_string("token", "", "shared token; default $VLAW_POLICY_TOKEN; '': none")
-_MAX_MB = flags.DEFINE_float("max_request_mb", 16.0, "largest request frame answered, MiB")
-_SEED = flags.DEFINE_integer("seed", 0, "the policy's sampling-noise seed")
+def _parse_args(argv: Sequence[str]) -> argparse.Namespace:
+    # argparse, not absl flags: this module is imported by processes that define their own
+    # flags (collect's, through vlaw.robot.recording), and absl flags are process-global.
+    parser = argparse.ArgumentParser(prog="python -m vlaw.robot.server", description=__doc__)
+    parser.add_argument("--workdir", default="", help="the run's working directory")
+    parser.add_argument("--iteration", type=int, help="serve the policy of this iteration")
+    parser.add_argument("--policy_dir", default="", help="or: a policy checkpoint directory")
+    parser.add_argument("--host", default="127.0.0.1", help="interface to bind (0.0.0.0: all)")
+    parser.add_argument("--port", type=int, default=8000, help="TCP port (openpi DROID: 8000)")
+    parser.add_argument("--token", default="", help="shared token; default $VLAW_POLICY_TOKEN")
+    parser.add_argument("--max_request_mb", type=float, default=16.0, help="largest request")
+    parser.add_argument("--seed", type=int, default=0, help="the sampling-noise seed")
+    args = parser.parse_args(argv)
+    if not args.policy_dir:
+        if not args.workdir or args.iteration is None:
+            parser.error("give --workdir and --iteration, or --policy_dir")
+        args.policy_dir = workdir_policy_dir(args.workdir, args.iteration)
+    return args
 
 
-def main(argv: Sequence[str]) -> None:
-    del argv
-    token = _TOKEN.value or os.environ.get("VLAW_POLICY_TOKEN", "")
-    if _HOST.value not in ("127.0.0.1", "localhost", "::1") and not token:
-        logging.warning(
-            "serving on %s without a token: anyone who reaches it can drive", _HOST.value
-        )
+def main(argv: Sequence[str] | None = None) -> None:
+    logging.set_verbosity(logging.INFO)
+    args = _parse_args(sys.argv[1:] if argv is None else argv)
+    token = args.token or os.environ.get("VLAW_POLICY_TOKEN", "")
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not token:
+        logging.warning("serving on %s without a token: anyone who reaches it can drive", args.host)
     server = policy_server(
-        _WORKDIR.value,
-        _ITERATION.value,
-        seed=_SEED.value,
-        host=_HOST.value,
-        port=_PORT.value,
+        args.policy_dir,
+        seed=args.seed,
+        host=args.host,
+        port=args.port,
         token=token,
-        max_request_bytes=int(_MAX_MB.value * 2**20),
+        max_request_bytes=int(args.max_request_mb * 2**20),
     )
     asyncio.run(server.serve_forever())
 
 
 if __name__ == "__main__":
-    app.run(main)
+    main()
