@@ -128,3 +128,15 @@ def test_terminal_operator_asks_until_answered():
     assert operator.verdict("stack the red cube", "") is droid_station.Verdict.DISCARD
     assert operator.prepare(SPEC) == "stack the red cube"  # empty: the previous instruction
     assert operator.verdict("stack the red cube", "") is droid_station.Verdict.FAILURE
+
+
+def test_an_unset_camera_serial_is_refused(fakes):
+    cameras = {**fakes.serials, "wrist_image_left": ""}
+    with pytest.raises(ValueError, match="wrist_image_left"):
+        droid_station.DroidStation(
+            fakes.RobotEnv(),
+            cameras=cameras,
+            image_size=(32, 32),
+            limits=limits_lib.panda_limits((0.2, -0.6, 0.02), (0.9, 0.6, 0.9)),
+            operator=fakes.Operator(),
+        )

@@ -168,7 +168,9 @@ class TerminalOperator:
     def verdict(self, instruction: str, stopped: str) -> Verdict:
         note = f" (stopped: {stopped})" if stopped else ""
         while True:
-            answer = self._read(f"{instruction!r}{note}: success? [y]es / [n]o / [d]iscard: ")
+            answer = self._read(
+                f"{instruction!r}{note}: success? [y]es / [n]o / [d]iscard (Ctrl+D quits): "
+            )
             answer = answer.strip().lower()[:1]
             if answer in {v.value for v in Verdict}:
                 return Verdict(answer)
@@ -190,9 +192,9 @@ class DroidStation:
         clock: Callable[[], float] = time.monotonic,
         sleep: Callable[[float], None] = time.sleep,
     ):
-        missing = set(droid.CAMERA_NAMES) - set(cameras)
-        if missing:
-            raise ValueError(f"no camera serial for {sorted(missing)}")
+        missing = [name for name in droid.CAMERA_NAMES if not cameras.get(name)]
+        if missing:  # an empty serial would match every camera's key
+            raise ValueError(f"no camera serial for {missing} (config.robot.cameras)")
         self.env = env
         self.cameras = dict(cameras)
         self.image_size = tuple(image_size)
@@ -297,8 +299,8 @@ class DroidStation:
             self.partial_records.append(
                 StepRecord(self._observation, self._recorded_action(sent, returned))
             )
-            self._sleep(max(0.0, period - (self._clock() - started)))
             self._observation = self._read()
+            self._sleep(max(0.0, period - (self._clock() - started)))
         return self.partial_records
 
     # --- Labels ----------------------------------------------------------------------------

@@ -77,7 +77,6 @@ class PolicyServer:
         self._stop: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
-        self.served_requests = 0
 
     def _infer(self, observation: Observation) -> np.ndarray:
         actions = np.asarray(self.policy([observation]), np.float32)
@@ -122,7 +121,6 @@ class PolicyServer:
             await websocket.send(f"vlaw policy server: inference failed\n{traceback.format_exc()}")
             return
         infer_ms = 1000 * (time.monotonic() - started)
-        self.served_requests += 1
         await websocket.send(
             wire.packb(
                 {
