@@ -142,3 +142,22 @@ def test_station_switch_and_the_paper_preset():
     config.station = "mars"
     with pytest.raises(ValueError, match="'sim' or 'droid'"):
         recording.station_recorder(config)
+
+
+def test_evaluate_on_the_droid_station_reports_the_operator_labels(tmp_path, monkeypatch, fakes):
+    from vlaw.agents import policy as policy_agent
+    from vlaw.phases import evaluate
+
+    config = _config(max_steps=4)
+    config.evaluate.episodes_per_task = 2
+    for name, serial in fakes.serials.items():
+        config.robot.cameras[name] = serial
+    policy = fakes.Policy(GENTLE)
+    monkeypatch.setattr(policy_agent, "is_trained", lambda directory: True)
+    monkeypatch.setattr(policy_agent, "load_policy", lambda directory, seed: policy)
+    monkeypatch.setattr(recording, "open_robot_env", fakes.RobotEnv)
+    answers = iter(["stack the blocks", "n", "", "d", "", "y"])
+    monkeypatch.setattr(builtins, "input", lambda prompt: next(answers))
+    metrics = evaluate.evaluate_phase(config, str(tmp_path), 0)
+    assert metrics["tasks"]["stack"]["episodes"] == 2
+    assert metrics["tasks"]["stack"]["successes"] == 1
