@@ -59,6 +59,22 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     s.max_steps = 30 if tiny else 150  # control steps per episode at 15 Hz
     s.expert_noise = 0.3  # scripted experts' action noise (0: near-perfect demonstrations)
 
+    # --- Which station collect and evaluate drive ------------------------------------------
+    # "sim": the simulator (sim.enabled); "droid": the real DROID station (vlaw/robot), operator
+    # labels; iteration 0's demonstrations must then already be in <workdir>/demos.
+    c.station = "droid" if paper else "sim"
+    c.robot = ro = ml_collections.ConfigDict()
+    # ZED serial of each DROID camera (droid/misc/parameters.py); the left lens is read.
+    ro.cameras = ml_collections.ConfigDict(
+        {"exterior_image_1_left": "", "exterior_image_2_left": "", "wrist_image_left": ""}
+    )
+    ro.max_steps = 300  # control steps per episode at 15 Hz (20 s); Ctrl+C ends one earlier
+    # Tool-centre workspace box in the robot base frame (m), enforced before every command
+    # (DROID's own box is +-1 m, i.e. none). Measure the table and fixtures before a run.
+    ro.workspace_min = (0.2, -0.6, 0.02)
+    ro.workspace_max = (0.9, 0.6, 0.9)
+    ro.watchdog_s = 1.0  # the arm is stopped when the policy's chunk takes longer than this
+
     # --- Iteration schedule (Algorithm 1) ----------------------------------------------------
     c.loop = lo = ml_collections.ConfigDict()
     lo.iterations = 2  # VLAW iterations (paper: 2)

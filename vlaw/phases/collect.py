@@ -21,22 +21,25 @@ import ml_collections
 from absl import logging
 
 from vlaw import workdir as workdir_lib
+from vlaw.robot.recording import station_recorder
 from vlaw.rollout.episodes import record_dataset
 
 
 def collect_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
     """Algorithm 1's data collection (see the module docstring). Returns the summary."""
-    if not config.sim.enabled:
-        raise ValueError(
-            "collect on a real DROID station needs the robot controller (vlaw/robot), which "
-            "this build does not include; set config.sim.enabled=True to use the simulator"
-        )
+    record = station_recorder(config)
     if iteration == 0:
         demos_dir = workdir_lib.demos_dir(workdir)
         summary = {"policy": f"scripted_expert(noise={config.sim.expert_noise:g})"}
         if os.path.exists(demos_dir):
             logging.info("collect: %s exists, keeping it", demos_dir)
             return {**summary, "demos": {"dataset_dir": demos_dir, "skipped": True}}
+        if config.station == "droid":
+            raise FileNotFoundError(
+                f"collect iter_00 on the DROID station: put the demonstrations (teleoperated "
+                f"with DROID's own tools, converted to RLDS) in {demos_dir}; no scripted expert "
+                "drives a real arm"
+            )
         per_task = int(config.loop.warmstart_demos_per_task)
         specs = workdir_lib.task_specs(config, "demo", 0, per_task)
         return {
@@ -50,7 +53,7 @@ def collect_phase(config: ml_collections.ConfigDict, workdir: str, iteration: in
     policy = _previous_policy(config, workdir, iteration)
     per_task = int(config.loop.real_rollouts_per_task)
     specs = workdir_lib.task_specs(config, "real", iteration, per_task)
-    real = record_dataset(config, real_dir, specs, "real", iteration, "vlaw_real", policy=policy)
+    real = record(config, real_dir, specs, "real", iteration, "vlaw_real", policy=policy)
     return {"policy": "trained", "policy_checkpoint": policy.checkpoint, "real": real}
 
 

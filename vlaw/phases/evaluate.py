@@ -20,7 +20,7 @@ from absl import logging
 from vlaw import workdir as workdir_lib
 from vlaw.data import rlds_read
 from vlaw.eval.success import success_table, task_success
-from vlaw.rollout.episodes import record_dataset
+from vlaw.robot.recording import station_recorder
 
 METRICS_FILE = "metrics.json"
 
@@ -46,11 +46,7 @@ def evaluated_successes(dataset_dir: str) -> dict[str, dict]:
 def evaluate_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
     """Evaluates iteration `iteration`'s policy (see the module docstring). Returns the summary
     (the metrics.json payload)."""
-    if not config.sim.enabled:
-        raise ValueError(
-            "evaluate on a real DROID station needs the robot controller (vlaw/robot), which "
-            "this build does not include; set config.sim.enabled=True to use the simulator"
-        )
+    record = station_recorder(config)
     from vlaw.agents import policy as policy_agent  # JAX: only once a policy acts
 
     directory = workdir_lib.checkpoint_dir(workdir, "policy", iteration)
@@ -67,9 +63,7 @@ def evaluate_phase(config: ml_collections.ConfigDict, workdir: str, iteration: i
         per_task = int(config.evaluate.episodes_per_task)
         # Iteration 0's layouts for every iteration: the same starts for every policy.
         specs = workdir_lib.task_specs(config, "evaluate", 0, per_task)
-        record_dataset(
-            config, dataset_dir, specs, "evaluate", iteration, "vlaw_evaluate", policy=policy
-        )
+        record(config, dataset_dir, specs, "evaluate", iteration, "vlaw_evaluate", policy=policy)
     per_task = evaluated_successes(dataset_dir)
     metrics = {
         "iteration": iteration,
