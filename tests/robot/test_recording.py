@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from vlaw.config import experiment_config
-from vlaw.data import rlds
+from vlaw.data import rlds_read
 from vlaw.phases import collect
 from vlaw.robot import recording
 from vlaw.rollout import episodes as episodes_lib
@@ -41,7 +41,7 @@ def test_operator_labels_and_discards_and_the_dataset_holds_k_episodes(
     summary = _record(_config(), directory, station, policy)
     assert operator.asked == 4  # the discarded episode ran again
     assert summary["num_episodes"] == 3 and summary["resumed_episodes"] == 0
-    recorded = list(rlds.read_episodes(directory))
+    recorded = list(rlds_read.read_episodes(directory))
     assert [e.metadata.success for e in recorded] == [True, False, True]
     assert [e.metadata.episode_id for e in recorded] == [f"real-01-stack-{s}" for s in (11, 12, 13)]
     for episode in recorded:
@@ -81,7 +81,7 @@ def test_a_killed_episode_write_leaves_the_recorded_ones_readable_and_a_rerun_re
     operator = fakes.Operator(verdicts="nn")
     summary = _record(config, directory, make_station(operator=operator), policy)
     assert operator.asked == 2 and summary["resumed_episodes"] == 1
-    assert [e.metadata.success for e in rlds.read_episodes(directory)] == [True, False, False]
+    assert [e.metadata.success for e in rlds_read.read_episodes(directory)] == [True, False, False]
 
 
 def test_an_episode_the_watchdog_stops_keeps_its_steps_and_is_labelled(make_station, fakes):
@@ -126,7 +126,9 @@ def test_collect_on_the_droid_station_goes_through_the_operator(tmp_path, monkey
     monkeypatch.setattr(builtins, "input", lambda prompt: next(answers))
     summary = collect.collect_phase(config, workdir, 1)
     assert summary["real"]["num_episodes"] == 2
-    assert [e.metadata.success for e in rlds.read_episodes(summary["real"]["dataset_dir"])] == [
+    assert [
+        e.metadata.success for e in rlds_read.read_episodes(summary["real"]["dataset_dir"])
+    ] == [
         True,
         False,
     ]

@@ -13,15 +13,17 @@ absolute gripper position in [0, 1]. `safe_command` clips, in order:
      in the workspace box (robot base frame); from outside the box, only steps that do not
      leave it further are kept.
 
-The numbers are the datasheet's, read from vlaw.sim.panda (the simulated Panda uses the same),
-the forward kinematics is vlaw.sim.panda's DH model of the arm with the 2F-85's tool centre.
+The numbers are the datasheet's, read from vlaw.franka (the simulated Panda and the world
+model's kinematics read the same); the forward kinematics is vlaw.sim.panda's DH model of the
+arm with the 2F-85's tool centre (plain numpy, no MuJoCo).
 """
 
 import dataclasses
 
 import numpy as np
 
-from vlaw.sim import panda
+from vlaw import franka  # the Panda's published limits, numpy only
+from vlaw.sim import panda  # its DH forward kinematics to the 2F-85's tool centre
 
 CONTROL_HZ = 15.0  # DROID's control rate
 MAX_JOINT_DELTA = 0.2  # rad per step for a unit normalised joint velocity (DROID's IK solver)
@@ -50,9 +52,9 @@ def panda_limits(workspace_min, workspace_max) -> SafetyLimits:
     if low.shape != (3,) or high.shape != (3,) or np.any(low >= high):
         raise ValueError(f"workspace box must be (3,) lows below (3,) highs, got {low}, {high}")
     return SafetyLimits(
-        joint_position_min=panda.JOINT_POSITION_MIN + POSITION_MARGIN,
-        joint_position_max=panda.JOINT_POSITION_MAX - POSITION_MARGIN,
-        joint_velocity_max=panda.JOINT_VELOCITY_MAX - VELOCITY_MARGIN,
+        joint_position_min=franka.JOINT_POSITION_MIN + POSITION_MARGIN,
+        joint_position_max=franka.JOINT_POSITION_MAX - POSITION_MARGIN,
+        joint_velocity_max=franka.JOINT_VELOCITY_MAX - VELOCITY_MARGIN,
         workspace_min=low,
         workspace_max=high,
     )

@@ -20,7 +20,7 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 from absl import logging
 
-from vlaw.data import rlds
+from vlaw.data import rlds_write
 from vlaw.data.episode import Episode
 from vlaw.robot import limits as limits_lib
 from vlaw.robot.droid import (
@@ -175,7 +175,7 @@ def record_on_station(
                 )
     staged = [os.path.join(staging, f"{eid}.npz") for eid in plan["episode_ids"]]
     tally = SuccessTally()
-    summary = rlds.write_episodes(
+    summary = rlds_write.write_episodes(
         dataset_dir,
         tally.watch(load_staged_episode(path) for path in staged),
         name=name,
