@@ -1,0 +1,1 @@
+"""Evaluation of world-model videos: frame and distribution metrics (VLAW Table 1)."""
