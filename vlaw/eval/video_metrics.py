@@ -33,6 +33,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from vlaw.eval import lpips_net
+
 # Wang et al. 2004: window and stabilising constants.
 SSIM_WINDOW = 11
 SSIM_SIGMA = 1.5
@@ -115,6 +117,28 @@ def ssim(reference: jax.Array, prediction: jax.Array, data_range: float) -> jax.
     )
     per_channel = jnp.mean(ssim_map, axis=(1, 2))
     return jnp.mean(per_channel, axis=-1).reshape(batch_shape)
+
+
+def lpips(
+    params: dict,
+    reference: jax.Array,
+    prediction: jax.Array,
+    data_range: float,
+    backbone: str = "alex",
+) -> jax.Array:
+    """LPIPS v0.1 distance per frame (lower is closer).
+
+    params: `vlaw.convert.metric_nets.lpips_params(backbone, ...)`. reference, prediction:
+    [..., H, W, 3] RGB in [0, data_range], mapped to [-1, 1] as the `lpips` package expects; no
+    resizing (AlexNet needs H, W >= 63 to reach its last tap, VGG16 >= 16). Returns [...].
+    """
+    x = 2.0 * _unit_range(reference, data_range) - 1.0
+    y = 2.0 * _unit_range(prediction, data_range) - 1.0
+    batch_shape, image_shape = x.shape[:-3], x.shape[-3:]
+    distance = lpips_net.Lpips(backbone).apply(
+        params, x.reshape(-1, *image_shape), y.reshape(-1, *image_shape)
+    )
+    return distance.reshape(batch_shape)
 
 
 # ----------------------------------------------------------------------------------------------
