@@ -14,7 +14,10 @@ tests/eval/test_video_metrics.py; shared/research/reward_dsrl_metrics.md §4 hol
   `vlaw/eval/lpips_net.py`.
 - FID / FVD: the Fréchet distance between Gaussians fitted to features (pytorch-fid's
   `calculate_frechet_distance`), with the feature network passed in as a function: Inception-v3
-  pool3 for FID, I3D Kinetics-400 logits for FVD.
+  pool3 for FID (`vlaw.eval.inception.fid_features`), I3D's time-averaged Kinetics-400 logits for
+  FVD (`vlaw.eval.i3d.fvd_features`); bind their params and data range with functools.partial.
+  Features run on device in fixed-size batches; the statistics and the distance in float64 on
+  the host.
 
 Video convention (not stated by VLAW; the survey's recommendation): frame metrics are computed per
 frame and averaged over frames and clips; FID pools all frames of all clips; FVD treats each clip
