@@ -68,6 +68,8 @@ def test_ssim_of_grayscale_and_identical_frames():
     np.testing.assert_allclose(vm.ssim(image, other, 2.0), expected, atol=2e-6)
     np.testing.assert_allclose(vm.ssim(image, image, 2.0), 1.0, atol=1e-6)
     assert np.isinf(vm.psnr(image, image, 2.0))
+    with pytest.raises(ValueError, match="11"):
+        vm.ssim(image[:10], other[:10], 2.0)
 
 
 def test_frame_metrics_jit_and_order_with_noise():

@@ -105,6 +105,10 @@ def ssim(reference: jax.Array, prediction: jax.Array, data_range: float) -> jax.
     """
     x, y = _unit_range(reference, data_range), _unit_range(prediction, data_range)
     batch_shape, (height, width, channels) = x.shape[:-3], x.shape[-3:]
+    if min(height, width) < SSIM_WINDOW:
+        raise ValueError(
+            f"SSIM needs frames of at least {SSIM_WINDOW}² pixels, got {height}×{width}"
+        )
     x = x.reshape(-1, height, width, channels)
     y = y.reshape(-1, height, width, channels)
     # One filter pass over the five local moments, stacked along channels.
