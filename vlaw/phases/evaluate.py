@@ -8,7 +8,9 @@ layouts from the "evaluate" seed stream, which no training phase draws from; eve
 is evaluated on the same layouts, so policies are compared on equal footing. The episodes go
 through the Station protocol (`vlaw.rollout.episodes`), are recorded as RLDS to
 `iter_NN/evaluate` (source "evaluate": never trained on) and resume like `collect`'s. The
-figures go to `reports/iter_NN/metrics.json` and are printed as a table.
+figures go to `reports/iter_NN/metrics.json` and are printed as a table. With
+`config.method = "dsrl"`, iteration k >= 1 evaluates the base policy steered by iteration k's
+noise policy (`vlaw.baselines.dsrl.load_steered_policy`).
 """
 
 import collections
@@ -52,7 +54,7 @@ def evaluate_phase(config: ml_collections.ConfigDict, workdir: str, iteration: i
             "this build does not include; set config.sim.enabled=True to use the simulator"
         )
     from vlaw.agents import policy as policy_agent  # JAX: only once a policy acts
-    from vlaw.baselines import dsrl  # (the same)
+    from vlaw.baselines import dsrl  # JAX too (method "dsrl": a steered base policy)
 
     if config.method == "dsrl" and iteration > 0:
         # DSRL: the base policy steered by this iteration's noise policy (loaded below).

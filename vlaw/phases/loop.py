@@ -8,13 +8,12 @@
                                (Eq. 3) -> train_policy (Eq. 4) -> evaluate
 
 N = `loop.iterations`. `config.method` picks the iteration's phases: "vlaw" (above) or a
-baseline of `vlaw.baselines` ("filtered_bc": collect, train_policy, evaluate; "dsrl": train_dsrl,
-evaluate). Iteration k here
-is the paper's iteration k: the first round of online rollouts is iteration 1, and iteration 0
-is §5.1's base policy (pi0.5 fine-tuned on the demonstrations). `vlaw.pipeline.run_loop` runs
-this schedule phase by phase; each phase is resumable and marked done in state.json, so killing
-the loop at any moment and running the same command again finishes the run without redoing a
-finished phase.
+baseline of `vlaw.baselines` ("filtered_bc": collect, train_policy, evaluate; "dsrl":
+train_dsrl, evaluate). Iteration k here is the paper's iteration k: the first round of online
+rollouts is iteration 1, and iteration 0 is §5.1's base policy (pi0.5 fine-tuned on the
+demonstrations). `vlaw.pipeline.run_loop` runs this schedule phase by phase; each phase is
+resumable and marked done in state.json, so killing the loop at any moment and running the
+same command again finishes the run without redoing a finished phase.
 """
 
 import os
