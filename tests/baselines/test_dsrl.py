@@ -2,13 +2,16 @@
 observation, the transitions rebuilt from a recorded episode, the keyed noise choice and the
 saved SAC state."""
 
+import types
+
 import jax
 import numpy as np
+import pytest
 
 from vlaw.baselines import dsrl, sac
 from vlaw.config import experiment_config
 from vlaw.data.episode import Episode, EpisodeMetadata
-from vlaw.rollout.station import TaskSpec, episode_id
+from vlaw.rollout.station import Observation, TaskSpec, episode_id
 
 
 def _config():
@@ -102,3 +105,45 @@ def test_sac_state_round_trips_through_its_checkpoint(tmp_path):
     loaded = dsrl.load_state(directory, template)
     for saved, restored in zip(jax.tree.leaves(state), jax.tree.leaves(loaded), strict=True):
         np.testing.assert_array_equal(np.asarray(saved), np.asarray(restored))
+
+
+class _RecordingBase:
+    """Stands in for the frozen `TrainedPolicy`: records the noise it is steered with."""
+
+    config = types.SimpleNamespace(action_horizon=5, action_dim=32)
+    checkpoint = "base"
+
+    def __call__(self, observations, *, noise):
+        self.noise = noise
+        return np.zeros((len(observations), 5, 8), np.float32)
+
+
+def _observation(joints: float) -> Observation:
+    return Observation(
+        images={},
+        joint_position=np.full(7, joints),
+        gripper_position=np.zeros(1),
+        cartesian_position=np.zeros(6),
+        instruction="",
+    )
+
+
+def test_steered_policy_hands_the_chosen_noise_to_the_frozen_policy():
+    config = _config()
+    base = _RecordingBase()
+    noise_policy = _noise_policy(config, dsrl.DETERMINISTIC)
+    specs = [TaskSpec("scoop", 5), TaskSpec("draw", 6)]
+    steered = dsrl.SteeredPolicy(config, base, noise_policy, specs, "steered")
+    observations = [_observation(0.1), _observation(-0.2)]
+    actions = steered(observations, episode_calls=[(5, 0), (6, 2)])
+    assert actions.shape == (2, 5, 8) and base.noise.shape == (2, 5, 32)
+    expected = noise_policy.actions(
+        dsrl.features(
+            config, np.array([[0.1] * 7, [-0.2] * 7]), np.zeros((2, 1)), [0, 1], [0, 2], 5
+        ),
+        [(5, 0), (6, 2)],
+    )
+    for step in range(5):  # one noise row, repeated over the horizon
+        np.testing.assert_allclose(base.noise[:, step], expected, atol=1e-6)
+    with pytest.raises(ValueError, match="not among"):
+        steered([_observation(0.0)], episode_calls=[(7, 0)])
