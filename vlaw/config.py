@@ -36,7 +36,8 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     c.tasks = tuple(tasks)  # task families this run trains and evaluates on
     c.seed = 0  # root seed; every phase folds in its own name and the iteration
     # What each iteration runs (vlaw/phases/loop.py): "vlaw", or the paper's baseline
-    # "filtered_bc" (vlaw/baselines/filtered_bc.py: the real successes only, no imagination).
+    # "filtered_bc" (vlaw/baselines/filtered_bc.py: the real successes only, no imagination),
+    # or "dsrl" (vlaw/baselines/dsrl.py: SAC steering the frozen base policy's noise).
     c.method = "vlaw"
 
     # --- Data (vlaw/data) -------------------------------------------------------------------
@@ -181,6 +182,26 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     # where imagine stores the simulator's replayed outcome (sim presets).
     r.known_label_sources = ("real", "demo", "droid") + (("synthetic",) if s.enabled else ())
     r.progress = True  # progress bars while training and scoring
+
+    # --- DSRL baseline, method "dsrl" (vlaw/baselines/dsrl.py) -------------------------------
+    # DSRL-SAC with the official pi0 recipe (dsrl_pi0; reward_dsrl_metrics.md §3.5) unless noted.
+    c.dsrl = ds = ml_collections.ConfigDict()
+    ds.noise_rows = 1  # steered noise rows of action_dim (32), the last repeated (recipe: 1)
+    ds.action_magnitude = 1.0  # noise bound: SAC's tanh output times this (recipe, Libero: 1.0)
+    ds.hidden_dims = (32, 32) if tiny else (128, 128, 128)  # actor and critic MLPs (recipe)
+    ds.use_layer_norm = True  # LayerNorm after each hidden layer (all DSRL configs)
+    ds.num_critics = 2 if tiny else 10  # Q ensemble (recipe: 10)
+    ds.critic_reduction = "mean"  # how the ensemble's Qs combine: "mean" (recipe) or "min"
+    ds.actor_learning_rate = 1e-4  # Adam (recipe)
+    ds.critic_learning_rate = 3e-4  # Adam (recipe)
+    ds.temperature_learning_rate = 3e-4  # Adam on log alpha (recipe)
+    ds.initial_temperature = 1.0  # alpha at the start (SB3 DSRL's "auto" starts at 1.0)
+    ds.target_entropy = 0.0  # SAC's entropy target (all DSRL configs, and the recipe on Aloha)
+    ds.tau = 0.005  # Polyak rate of the target critics (recipe)
+    ds.backup_entropy = True  # the -alpha log pi term in the TD target (standard SAC)
+    ds.gamma = 0.999  # per robot step; a decision's discount is gamma ** executed steps (recipe)
+    ds.batch_size = 16 if tiny else 256  # SAC minibatch (recipe: 256)
+    ds.updates_per_transition = 2 if tiny else 20  # UTD: SAC steps per new decision (recipe: 20)
 
     # --- Parallelism (vlaw/train/mesh.py) ----------------------------------------------------
     c.mesh = m = ml_collections.ConfigDict()

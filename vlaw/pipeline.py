@@ -26,6 +26,7 @@ PHASES: dict[str, str] = {
     "label": "vlaw.phases.label:label_phase",
     "train_policy": "vlaw.phases.train_policy:train_policy_phase",
     "evaluate": "vlaw.phases.evaluate:evaluate_phase",
+    "train_dsrl": "vlaw.phases.train_dsrl:train_dsrl_phase",  # method "dsrl" (a baseline)
 }
 LOOP = "loop"  # all of Algorithm 1 (`run_loop`): what a bare launch.py runs
 PHASE_NAMES = (*PHASES, LOOP)

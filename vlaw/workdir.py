@@ -12,6 +12,7 @@ datasets each phase reads, where each model starts, the phases' seeds, and atomi
       checkpoints/world_model/iter_NN/ `train_world_model` (+ world_model.json, ...)
       checkpoints/vae/                 the tiny/sim VAE (latent space only), trained once
       checkpoints/reward/iter_NN/      `train_reward` (iteration 1; later ones reuse it)
+      checkpoints/dsrl/iter_NN/        `train_dsrl` (method "dsrl": SAC state, replay, dsrl.json)
       assets/                          files a run makes once (the small policy tokenizer)
       reports/iter_NN/                 `evaluate`'s metrics
 
@@ -36,7 +37,7 @@ from vlaw.data.atomic_json import JsonFileError, read_json, write_json  # noqa: 
 from vlaw.rollout.station import TaskSpec
 
 DEMOS, REAL, SYNTHETIC, EVALUATE = "demos", "real", "synthetic", "evaluate"
-MODELS = ("policy", "world_model", "reward", "vae")
+MODELS = ("policy", "world_model", "reward", "vae", "dsrl")
 
 
 # --------------------------------------------------------------------------------------------
@@ -198,6 +199,8 @@ _SEED_STREAMS = {
     "residual_scale": (5, 3),  # iteration 0 only: measured once, carried forward
     "imagine": (6,),
     "evaluate": (7,),  # the evaluated policy's sampling noise
+    "train_dsrl": (8, 1),  # method "dsrl": SAC initialisation, updates and replay sampling
+    "dsrl_explore": (8, 2),  # method "dsrl": the noise its rollouts explore with
 }
 # Layout seeds of station episodes, one stream per purpose (`episode_seed`).
 EPISODE_STREAMS = {"demo": 1, "real": 2, "evaluate": 3}

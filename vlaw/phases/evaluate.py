@@ -8,7 +8,9 @@ layouts from the "evaluate" seed stream, which no training phase draws from; eve
 is evaluated on the same layouts, so policies are compared on equal footing. The episodes go
 through the Station protocol (`vlaw.rollout.episodes`), are recorded as RLDS to
 `iter_NN/evaluate` (source "evaluate": never trained on) and resume like `collect`'s. The
-figures go to `reports/iter_NN/metrics.json` and are printed as a table.
+figures go to `reports/iter_NN/metrics.json` and are printed as a table. With
+`config.method = "dsrl"`, iteration k >= 1 evaluates the base policy steered by iteration k's
+noise policy (`vlaw.baselines.dsrl.load_steered_policy`).
 """
 
 import collections
@@ -48,18 +50,28 @@ def evaluate_phase(config: ml_collections.ConfigDict, workdir: str, iteration: i
     (the metrics.json payload)."""
     record = station_recorder(config)
     from vlaw.agents import policy as policy_agent  # JAX: only once a policy acts
+    from vlaw.baselines import dsrl  # JAX too (method "dsrl": a steered base policy)
 
-    directory = workdir_lib.checkpoint_dir(workdir, "policy", iteration)
-    if not policy_agent.is_trained(directory):
+    if config.method == "dsrl" and iteration > 0:
+        # DSRL: the base policy steered by this iteration's noise policy (loaded below).
+        directory = workdir_lib.checkpoint_dir(workdir, "dsrl", iteration)
+        is_trained, trained_by = dsrl.is_trained, "train_dsrl"
+    else:
+        directory = workdir_lib.checkpoint_dir(workdir, "policy", iteration)
+        is_trained, trained_by = policy_agent.is_trained, "train_policy"
+    if not is_trained(directory):
         raise FileNotFoundError(
-            f"evaluate iter_{iteration:02d}: no policy in {directory}; run the train_policy "
+            f"evaluate iter_{iteration:02d}: no policy in {directory}; run the {trained_by} "
             f"phase of iteration {iteration} first"
         )
     dataset_dir = workdir_lib.evaluation_dir(workdir, iteration)
     if not os.path.exists(dataset_dir):
-        policy = policy_agent.load_policy(
-            directory, seed=workdir_lib.phase_seed(config.seed, "evaluate", iteration)
-        )
+        if trained_by == "train_dsrl":
+            policy = dsrl.load_steered_policy(config, workdir, iteration)
+        else:
+            policy = policy_agent.load_policy(
+                directory, seed=workdir_lib.phase_seed(config.seed, "evaluate", iteration)
+            )
         per_task = int(config.evaluate.episodes_per_task)
         # Iteration 0's layouts for every iteration: the same starts for every policy.
         specs = workdir_lib.task_specs(config, "evaluate", 0, per_task)

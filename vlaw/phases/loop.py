@@ -8,12 +8,12 @@
                                (Eq. 3) -> train_policy (Eq. 4) -> evaluate
 
 N = `loop.iterations`. `config.method` picks the iteration's phases: "vlaw" (above) or a
-baseline of `vlaw.baselines` ("filtered_bc": collect, train_policy, evaluate). Iteration k here
-is the paper's iteration k: the first round of online rollouts is iteration 1, and iteration 0
-is §5.1's base policy (pi0.5 fine-tuned on the demonstrations). `vlaw.pipeline.run_loop` runs
-this schedule phase by phase; each phase is resumable and marked done in state.json, so killing
-the loop at any moment and running the same command again finishes the run without redoing a
-finished phase.
+baseline of `vlaw.baselines` ("filtered_bc": collect, train_policy, evaluate; "dsrl":
+train_dsrl, evaluate). Iteration k here is the paper's iteration k: the first round of online
+rollouts is iteration 1, and iteration 0 is §5.1's base policy (pi0.5 fine-tuned on the
+demonstrations). `vlaw.pipeline.run_loop` runs this schedule phase by phase; each phase is
+resumable and marked done in state.json, so killing the loop at any moment and running the
+same command again finishes the run without redoing a finished phase.
 """
 
 import os
@@ -21,7 +21,7 @@ import os
 import ml_collections
 
 from vlaw import workdir as workdir_lib
-from vlaw.baselines import filtered_bc
+from vlaw.baselines import dsrl, filtered_bc
 from vlaw.data.atomic_json import read_json
 from vlaw.eval.success import success_table
 from vlaw.phases.evaluate import METRICS_FILE
@@ -38,7 +38,7 @@ ITERATION = (
 )
 
 
-METHODS = {"vlaw": ITERATION, "filtered_bc": filtered_bc.ITERATION}
+METHODS = {"vlaw": ITERATION, "filtered_bc": filtered_bc.ITERATION, "dsrl": dsrl.ITERATION}
 
 
 def schedule(config: ml_collections.ConfigDict) -> list[tuple[int, str]]:
