@@ -14,7 +14,7 @@ import pytest
 
 from vlaw.baselines import sac
 from vlaw.config import experiment_config
-from vlaw.data import rlds
+from vlaw.data import rlds_read
 from vlaw.phases import loop
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
@@ -57,9 +57,9 @@ def test_dsrl_runs_end_to_end_through_evaluate_and_continues(tmp_path):
     decisions = -(-config.sim.max_steps // config.policy.open_loop_steps)
     assert trained["new_transitions"] == per_task * decisions
     assert trained["sac_step"] == trained["new_transitions"] * 2  # tiny's UTD
-    real = list(rlds.read_episodes(str(workdir / "iter_01" / "real")))
+    real = list(rlds_read.read_episodes(str(workdir / "iter_01" / "real")))
     assert all("steered by noise policy base" in e.metadata.policy_checkpoint for e in real)
-    evaluated = list(rlds.read_episodes(str(workdir / "iter_01" / "evaluate")))
+    evaluated = list(rlds_read.read_episodes(str(workdir / "iter_01" / "evaluate")))
     assert len(evaluated) == config.evaluate.episodes_per_task
     assert all("checkpoints/dsrl/iter_01" in e.metadata.policy_checkpoint for e in evaluated)
     metrics = json.loads((workdir / "reports" / "iter_01" / "metrics.json").read_text())

@@ -29,7 +29,7 @@ from absl import logging
 from vlaw import workdir as workdir_lib
 from vlaw.agents import policy as policy_agent
 from vlaw.baselines import dsrl, sac
-from vlaw.data import rlds
+from vlaw.data import rlds_read
 from vlaw.rollout.episodes import record_dataset
 from vlaw.train.mesh import create_mesh
 
@@ -100,7 +100,7 @@ def train_dsrl_phase(config: ml_collections.ConfigDict, workdir: str, iteration:
     steps_per_decision = dsrl.executed_steps(config, base.config.action_horizon)
     new = [
         dsrl.episode_transitions(config, episode, noise_policy, steps_per_decision)
-        for episode in rlds.read_episodes(real_dir)
+        for episode in rlds_read.read_episodes(real_dir)
     ]
     for transitions in new:
         replay.add(transitions)
