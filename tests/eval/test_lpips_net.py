@@ -16,8 +16,8 @@ import pytest
 import torch
 
 from vlaw.convert import metric_nets
-from vlaw.eval import lpips_net
 from vlaw.eval import video_metrics as vm
+from vlaw.models.metrics import lpips_net
 
 # Smallest sizes that reach every tap: AlexNet's stride 4 and two 3/2 pools, VGG16's four pools.
 IMAGE_SIZE = {"alex": (64, 72), "vgg": (32, 40)}

@@ -56,10 +56,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlaw import workdir as workdir_lib
 from vlaw.agents import policy as policy_agent
 from vlaw.baselines import sac
-from vlaw.data.atomic_json import read_json
+from vlaw.data.atomic_json import read_json, write_json
 from vlaw.data.episode import Episode
 from vlaw.rollout.station import Observation, TaskSpec, parse_episode_id
 from vlaw.train import checkpoints
@@ -263,7 +262,7 @@ def save_state(
 ) -> None:
     step = int(state.step)
     checkpoints.save_params(directory, step, _as_tree(state), config.ckpt)
-    workdir_lib.write_json(os.path.join(directory, SPEC_FILE), spec)
+    write_json(os.path.join(directory, SPEC_FILE), spec)
 
 
 def load_state(directory: str, template: sac.SACState) -> sac.SACState:
@@ -278,18 +277,21 @@ def _as_tree(state: sac.SACState) -> dict:
 
 
 def load_steered_policy(
-    config: ml_collections.ConfigDict, workdir: str, iteration: int
+    config: ml_collections.ConfigDict,
+    directory: str,
+    *,
+    base_policy_dir: str,
+    specs: Sequence[TaskSpec],
+    seed: int,
 ) -> SteeredPolicy:
-    """For `evaluate`: the base policy (iteration 0's) steered by iteration `iteration`'s
-    noise policy, deterministic, over `evaluate`'s layouts."""
-    directory = workdir_lib.checkpoint_dir(workdir, "dsrl", iteration)
+    """For `evaluate`: the base policy in `base_policy_dir` (iteration 0's) steered by the
+    noise policy in `directory`, deterministic, over the episodes of `specs` (evaluate's
+    layouts: each episode's seed names its task)."""
     if not is_trained(directory):
         raise FileNotFoundError(
-            f"evaluate iter_{iteration:02d}: no DSRL noise policy in {directory}; run the "
-            f"train_dsrl phase of iteration {iteration} first"
+            f"no DSRL noise policy in {directory}; run the train_dsrl phase of its iteration first"
         )
-    seed = workdir_lib.phase_seed(config.seed, "evaluate", iteration)
-    base = policy_agent.load_policy(workdir_lib.checkpoint_dir(workdir, "policy", 0), seed=seed)
+    base = policy_agent.load_policy(base_policy_dir, seed=seed)
     hp = hyper_params(config)
     action_dim = noise_action_dim(config, base)
     template = sac.init_state(hp, observation_dim(config), action_dim, jax.random.PRNGKey(0))
@@ -297,8 +299,6 @@ def load_steered_policy(
     noise_policy = NoisePolicy(
         DETERMINISTIC, hp, state.actor, seed, float(config.dsrl.action_magnitude), action_dim
     )
-    # evaluate's episodes: the same layouts (iteration 0's) for every iteration.
-    specs = workdir_lib.task_specs(config, "evaluate", 0, int(config.evaluate.episodes_per_task))
     step = read_json(os.path.join(directory, SPEC_FILE))["sac_step"]
     checkpoint = f"{base.checkpoint} steered by {os.path.join(directory, str(step))}"
     return SteeredPolicy(config, base, noise_policy, specs, checkpoint)

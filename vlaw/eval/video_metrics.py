@@ -11,11 +11,12 @@ tests/eval/test_video_metrics.py; shared/research/reward_dsrl_metrics.md §4 hol
   use_sample_covariance=False, data_range=R, channel_axis=-1)`; its crop of 5 pixels removes
   exactly the reflect-padded border, so a VALID convolution gives the same numbers).
 - LPIPS v0.1 of Zhang et al. 2018 (the `lpips` package), backbone and heads in
-  `vlaw/eval/lpips_net.py`.
+  `vlaw/models/metrics/lpips_net.py`.
 - FID / FVD: the Fréchet distance between Gaussians fitted to features (pytorch-fid's
-  `calculate_frechet_distance`), with the feature network passed in as a function: Inception-v3
-  pool3 for FID (`vlaw.eval.inception.fid_features`), I3D's time-averaged Kinetics-400 logits for
-  FVD (`vlaw.eval.i3d.fvd_features`); bind their params and data range with functools.partial.
+  `calculate_frechet_distance`), with the feature network passed in as a function:
+  Inception-v3 pool3 for FID (`vlaw.models.metrics.inception.fid_features`), I3D's
+  time-averaged Kinetics-400 logits for FVD (`vlaw.models.metrics.i3d.fvd_features`); bind
+  their params and data range with functools.partial.
   Features run on device in fixed-size batches; the statistics and the distance in float64 on
   the host.
 
@@ -36,7 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from vlaw.eval import lpips_net
+from vlaw.models.metrics import lpips_net
 
 # Wang et al. 2004: window and stabilising constants.
 SSIM_WINDOW = 11

@@ -66,15 +66,17 @@ def evaluate_phase(config: ml_collections.ConfigDict, workdir: str, iteration: i
         )
     dataset_dir = workdir_lib.evaluation_dir(workdir, iteration)
     if not os.path.exists(dataset_dir):
-        if trained_by == "train_dsrl":
-            policy = dsrl.load_steered_policy(config, workdir, iteration)
-        else:
-            policy = policy_agent.load_policy(
-                directory, seed=workdir_lib.phase_seed(config.seed, "evaluate", iteration)
-            )
         per_task = int(config.evaluate.episodes_per_task)
         # Iteration 0's layouts for every iteration: the same starts for every policy.
         specs = workdir_lib.task_specs(config, "evaluate", 0, per_task)
+        seed = workdir_lib.phase_seed(config.seed, "evaluate", iteration)
+        if trained_by == "train_dsrl":
+            base_policy_dir = workdir_lib.checkpoint_dir(workdir, "policy", 0)
+            policy = dsrl.load_steered_policy(
+                config, directory, base_policy_dir=base_policy_dir, specs=specs, seed=seed
+            )
+        else:
+            policy = policy_agent.load_policy(directory, seed=seed)
         record(config, dataset_dir, specs, "evaluate", iteration, "vlaw_evaluate", policy=policy)
     per_task = evaluated_successes(dataset_dir)
     metrics = {
