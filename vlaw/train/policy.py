@@ -424,19 +424,17 @@ def train_policy_phase(
         norm_stats_lib.load_norm_stats(os.path.join(ckpt_dir, NORM_STATS_FILE)),
         model_config.action_dim,
     )
-    train_config = ml_collections.ConfigDict(config.policy.train.to_dict())
-    init_params = None
+    train_config = config.policy.train
     init = spec["init"]
+    initial_params = None  # scratch: the trainer initialises
     if init["kind"] in ("previous_iteration", "vlaw"):
-        train_config.init_from = init["path"]  # the trainer reads only its `params`
+        initial_params = checkpoints.params_loader(init["path"])
     elif init["kind"] == "openpi":
         from vlaw.convert.openpi import load_openpi_checkpoint
 
-        train_config.init_from = ""
-        if _latest_step(ckpt_dir) is None:  # not needed when resuming
-            init_params = load_openpi_checkpoint(init["path"], model_config)[0]["params"]
-    else:
-        train_config.init_from = ""
+        def initial_params(target):  # called only when there is no checkpoint to resume
+            return load_openpi_checkpoint(init["path"], model_config)[0]["params"]
+
     seed = _seed(config, iteration)
     # A shuffle buffer larger than the data only mixes epochs, and fills slowly: reading the
     # tiny preset's 120 steps 17 times over before the first batch of a 2000-step buffer.
@@ -452,7 +450,7 @@ def train_policy_phase(
             loss_fn=make_loss_fn(model),
             batches=batches,
             host_fn=preprocessor.host_batch,
-            init_params=init_params,
+            initial_params=initial_params,
             seed=seed,
             progress=progress,
             stop_at_step=stop_at_step,

@@ -210,7 +210,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
     """Fine-tunes the reward model (iteration 0; later iterations keep it). Returns the summary."""
     from vlaw.data import rlds, windows
     from vlaw.rollout import label
-    from vlaw.train import trainer
+    from vlaw.train import checkpoints, trainer
 
     r = config.reward
     directory = checkpoint_dir(workdir)
@@ -243,19 +243,15 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
         )
         return yes_no_loss(logits, batch["label"], yes_token_id=yes, no_token_id=no)
 
-    init_params = None
+    initial_params = None  # from scratch (tiny/sim)
     if is_hf_checkpoint(r.train.init_from):
         from vlaw.convert.qwen3_vl import load_checkpoint
 
-        if not has_checkpoint(directory):  # resuming needs no import
-            _, init_params = load_checkpoint(
-                r.train.init_from, dtype=np.dtype(model_cfg.param_dtype)
-            )
-    train_cfg = r.train
-    if init_params is not None:
-        # The trainer's own `init_from` route reads vlaw checkpoints only.
-        train_cfg = ml_collections.ConfigDict(r.train.to_dict())
-        train_cfg.init_from = ""
+        def initial_params(target):  # called only when there is no checkpoint to resume
+            return load_checkpoint(r.train.init_from, dtype=np.dtype(model_cfg.param_dtype))[1]
+
+    elif r.train.init_from:  # a vlaw reward run
+        initial_params = checkpoints.params_loader(r.train.init_from)
     data_hw = (config.data.image_height, config.data.image_width)
     batches = windows.reward_batches(
         dirs,
@@ -270,7 +266,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
     )
     try:
         state = trainer.train(
-            train_cfg,
+            r.train,
             config.ckpt,
             config.mesh,
             workdir=directory,
@@ -278,7 +274,7 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
             loss_fn=loss_fn,
             batches=batches,
             host_fn=host_fn,
-            init_params=init_params,
+            initial_params=initial_params,
             seed=config.seed,
             progress=r.progress,
         )

@@ -60,7 +60,7 @@ from absl import logging
 from vlaw.data import mixture, rlds
 from vlaw.models.world_model import ctrl_world as cw
 from vlaw.models.world_model.vae import TemporalVAE, encode_latents
-from vlaw.train import optim
+from vlaw.train import checkpoints, optim
 from vlaw.train.world_model_codec import (
     load_vae_params,
     measure_residual_scale,
@@ -163,10 +163,8 @@ def _choose_init(config, workdir: str, iteration: int) -> dict:
 
 
 def _initial_params(config, spec, model, vae, image_size, seed):
-    """Imported weights for a fresh run (None: the trainer reads `train.init_from`)."""
+    """Initial weights of a fresh run that does not continue a vlaw run (host arrays)."""
     init, vae_source = spec["init"], spec["vae"]
-    if init["kind"] in ("previous_iteration", "vlaw"):
-        return None
     model_cfg = model.config
     if init["kind"] == "ctrl_world":
         from vlaw.convert.ctrl_world import convert_ctrl_world, load_torch_state_dict
@@ -332,14 +330,13 @@ def train_world_model_phase(
     text = TextEmbeddings(
         model_cfg.text_dim, str(w.clip_path or ""), os.path.join(directory, TEXT_FILE)
     )
-    train_config = ml_collections.ConfigDict(w.train.to_dict())
-    init_params = None
+    train_config = w.train
     if spec["init"]["kind"] in ("previous_iteration", "vlaw"):
-        train_config.init_from = spec["init"]["path"]  # the trainer reads only its `params`
-    else:
-        train_config.init_from = ""
-        if latest_step(directory) is None:  # resuming needs no initial weights
-            init_params = _initial_params(config, spec, model, vae, image_size, seed)
+        initial_params = checkpoints.params_loader(spec["init"]["path"])
+    else:  # called only when there is no checkpoint to resume
+
+        def initial_params(target):
+            return _initial_params(config, spec, model, vae, image_size, seed)
 
     batches = world_model_windows(
         config,
@@ -360,7 +357,7 @@ def train_world_model_phase(
             loss_fn=world_model_loss_fn(model, vae, train_config.compute_dtype),
             batches=batches,
             host_fn=world_model_host_fn(text),
-            init_params=init_params,
+            initial_params=initial_params,
             trainable=lambda path, leaf: path.startswith("world_model/"),
             seed=seed,
             progress=progress,

@@ -120,7 +120,7 @@ def train_vae(
     progress: bool = True,
 ) -> tuple[Any, dict]:
     """Trains (or resumes, or finds finished) the tiny/sim VAE; returns (params, vae.json)."""
-    from vlaw.train import trainer
+    from vlaw.train import checkpoints, trainer
 
     w = config.world_model
     directory = vae_checkpoint_dir(workdir)
@@ -150,6 +150,10 @@ def train_vae(
             loss_fn=vae_loss_fn(vae, float(w.vae_kl_weight)),
             batches=batches,
             host_fn=vae_clips,
+            # vae_train.init_from: a vlaw VAE run to start from (the trainer reads no config).
+            initial_params=(
+                checkpoints.params_loader(vae_train.init_from) if vae_train.init_from else None
+            ),
             seed=seed,
             progress=progress,
         )
