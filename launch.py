@@ -16,6 +16,7 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from vlaw import pipeline
+from vlaw.train import mesh as mesh_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, datasets and reports go.")
@@ -42,10 +43,9 @@ def main(argv):
     # Resolved once, here: orbax refuses relative checkpoint paths, and a relative path would
     # mean something else to any code that changes directory.
     workdir = os.path.abspath(os.path.expanduser(_WORKDIR.value))
-    if config.mesh.distributed:
-        import jax
-
-        jax.distributed.initialize()
+    # The one place a multi-host job is joined (config.mesh.distributed), before any phase
+    # touches a device.
+    mesh_lib.maybe_initialize_distributed(config.mesh)
     logging.info("config written to %s", pipeline.write_config(config, workdir))
     if _PHASE.value == pipeline.LOOP:
         pipeline.run_loop(config, workdir, _FORCE.value)

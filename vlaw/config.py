@@ -14,6 +14,30 @@ Every field is commented. Experiments override fields after calling this functio
 import ml_collections
 
 PRESETS = ("tiny", "sim", "paper")
+
+# `config.mesh.rules`: (logical axis name, mesh axis | tuple of mesh axes | None), read by
+# vlaw/train/mesh.py, which says how they apply. Mesh axes: "data" (pure data parallelism),
+# "fsdp" (parameters and optimizer state sharded) and "tensor" (wide matrices split).
+LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),  # activations' batch: every data-parallel axis (FSDP too)
+    # Weight dimensions. "embed" carries FSDP (every transformer matrix has one), the wide
+    # dimensions carry tensor parallelism (Megatron-style column/row split).
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("mlp", "fsdp"),
+    ("heads", "tensor"),
+    ("heads", "fsdp"),
+    ("kv_heads", "tensor"),
+    ("kv", None),  # head dimension: small, kept whole for attention kernels
+    ("head_dim", None),
+    ("vocab", "tensor"),
+    ("vocab", "fsdp"),
+    ("conv_out", "tensor"),
+    ("conv_out", "fsdp"),
+    ("conv_in", "fsdp"),
+    ("layers", None),  # the nn.scan axis of stacked blocks
+    ("norm", None),
+)
 TASKS = ("stack", "open_book", "erase", "scoop", "draw")
 
 
@@ -208,7 +232,10 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     m.data = -1  # data-parallel axis; -1 takes the devices left over
     m.fsdp = 1  # parameters and optimizer state sharded along this axis
     m.tensor = 1  # tensor (model) parallelism
-    m.distributed = False  # call jax.distributed.initialize() (multi-host pods)
+    m.distributed = False  # launch.py calls jax.distributed.initialize() (multi-host pods)
+    # Logical axis name -> mesh axes (see LOGICAL_AXIS_RULES above); override as a whole, e.g.
+    # --config.mesh.rules="(('embed', 'fsdp'), ('mlp', 'tensor'))".
+    m.rules = LOGICAL_AXIS_RULES
 
     # --- Checkpoints (vlaw/train/checkpoints.py) ---------------------------------------------
     c.ckpt = k = ml_collections.ConfigDict()

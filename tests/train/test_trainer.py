@@ -7,6 +7,7 @@ shape-checked restore, a single compile, and that the loss actually falls.
 
 import json
 import os
+import shutil
 import signal
 
 import chex
@@ -15,6 +16,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+import optax
 import pytest
 
 from vlaw import config as vlaw_config
@@ -104,11 +106,21 @@ def one_device_mesh():
 
 
 def run(
-    workdir, batches=None, train_cfg=None, mesh=None, hidden=32, loss_fn=None, save_every=2, **kw
+    workdir,
+    batches=None,
+    train_cfg=None,
+    mesh=None,
+    hidden=32,
+    loss_fn=None,
+    save_every=2,
+    rules=None,
+    **kw,
 ):
     train_cfg = train_cfg if train_cfg is not None else make_configs()[0]
     _, ckpt, mesh_cfg = make_configs()
     ckpt.save_every_steps = save_every
+    if rules is not None:
+        mesh_cfg.rules = rules
     init_fn, default_loss = model_fns(hidden)
     return trainer.train(
         train_cfg,
@@ -119,8 +131,7 @@ def run(
         loss_fn=loss_fn or default_loss,
         batches=batches if batches is not None else RegressionBatches(),
         mesh=mesh if mesh is not None else one_device_mesh(),
-        progress=False,
-        **kw,
+        **{"progress": False, **kw},
     )
 
 
@@ -265,14 +276,26 @@ def test_loss_falls_and_metrics_are_logged(tmp_path):
     assert metrics[-1]["loss"] < 0.2 * metrics[0]["loss"]
 
 
-def test_init_from_imports_params_without_resuming(tmp_path):
+def test_initial_params_from_a_vlaw_run_import_params_without_resuming(tmp_path):
     source = run(tmp_path / "source", train_cfg=make_configs(steps=2)[0])
     # learning rate 0: the single step leaves the imported weights exactly as they were.
-    cfg = make_configs(steps=1, learning_rate=0.0, init_from=str(tmp_path / "source"))[0]
+    cfg = make_configs(steps=1, learning_rate=0.0)[0]
+    targets = []
+
+    def from_source(target):
+        targets.append(target)
+        return checkpoints.restore_params(tmp_path / "source", target)
+
     batches = RegressionBatches()
-    imported = run(tmp_path / "target", batches, train_cfg=cfg)
+    imported = run(tmp_path / "target", batches, train_cfg=cfg, initial_params=from_source)
     assert int(imported.step) == 1 and batches.state()["index"] == 1  # fresh data, step 0
     assert_trees_equal(imported.params, source.params)
+    kernel = targets[0]["Dense_0"]["kernel"]  # the abstract tree, with dtype and sharding
+    assert kernel.shape == (IN_DIM, 32) and kernel.dtype == jnp.float32
+    assert isinstance(kernel.sharding, jax.sharding.NamedSharding)
+    # Resuming never asks for initial parameters.
+    run(tmp_path / "target", train_cfg=make_configs(steps=2)[0], initial_params=from_source)
+    assert len(targets) == 1
 
 
 def test_trainable_mask_freezes_params_and_their_moments(tmp_path):
@@ -340,10 +363,95 @@ def test_init_params_from_host_arrays_are_sharded_and_shape_checked(tmp_path):
     source = jax.device_get(run(tmp_path / "source", train_cfg=make_configs(steps=2)[0]).params)
     cfg = make_configs(steps=1, learning_rate=0.0)[0]
     mesh = mesh_lib.create_mesh({"data": 2, "fsdp": 4, "tensor": 1})
-    state = run(tmp_path / "target", train_cfg=cfg, mesh=mesh, init_params=source)
+    state = run(tmp_path / "target", train_cfg=cfg, mesh=mesh, initial_params=lambda _: source)
     assert state.params["Dense_0"]["kernel"].sharding.spec == jax.sharding.PartitionSpec("fsdp")
     assert_trees_equal(state.params, source)
 
     wrong = {**source, "Dense_1": {**source["Dense_1"], "bias": np.zeros(3, np.float32)}}
     with pytest.raises(checkpoints.CheckpointMismatchError, match=r"Dense_1/bias: checkpoint has"):
-        run(tmp_path / "wrong", train_cfg=cfg, init_params=wrong)
+        run(tmp_path / "wrong", train_cfg=cfg, initial_params=lambda _: wrong)
+
+
+class RecordingBar:
+    """Stands in for tqdm: records how far the bar moves at each update."""
+
+    updates: list[int] = []
+
+    def __init__(self, total, initial, disable, unit):
+        self.n = initial
+
+    def update(self, n):
+        RecordingBar.updates.append(n)
+        self.n += n
+
+    def set_postfix(self, **kw):
+        pass
+
+    def close(self):
+        pass
+
+
+def test_progress_bar_counts_steps_when_their_metrics_are_fetched(tmp_path, monkeypatch):
+    RecordingBar.updates = []
+    monkeypatch.setattr(trainer, "tqdm", RecordingBar)
+    # Metrics every 2 steps: the bar moves 2 at a time, when the device has finished them,
+    # never one step per dispatch.
+    run(tmp_path, train_cfg=make_configs(log_every_steps=2)[0], progress=True)
+    assert RecordingBar.updates == [2, 2]
+
+
+def test_a_call_whose_every_update_is_refused_raises(tmp_path):
+    # 4 refused steps stay under max_nonfinite_steps=10, yet the run learnt nothing.
+    with pytest.raises(trainer.NonFiniteError, match="all 4 updates up to step 4 were refused"):
+        run(tmp_path, RegressionBatches(nan_at=range(4)))
+    # No final checkpoint: a rerun retries the refused steps rather than finding a done run.
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.isdigit()) == ["2"]
+    with pytest.raises(trainer.NonFiniteError, match="all 2 updates up to step 4"):
+        run(tmp_path, RegressionBatches(nan_at=range(4)))
+
+
+def _without_timings(metrics):
+    timings = ("steps_per_s", "examples_per_s", "compile_s")
+    return [{k: v for k, v in m.items() if k not in timings} for m in metrics]
+
+
+def test_resume_after_a_kill_logs_each_step_once(tmp_path):
+    run(tmp_path / "straight")
+    killed = tmp_path / "killed"
+    run(killed)  # checkpoints at 2 and 4, metrics for steps 1-4
+    # A kill after step 4 was logged but before its checkpoint was written, with a stray line.
+    shutil.rmtree(killed / "4")
+    with open(killed / "metrics.jsonl", "a") as f:
+        f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+    run(killed)  # resumes at 2, trains and logs 3 and 4 again
+    assert [m["step"] for m in read_metrics(killed)] == [1, 2, 3, 4]
+    assert _without_timings(read_metrics(killed)) == _without_timings(
+        read_metrics(tmp_path / "straight")
+    )
+
+
+def test_moments_under_a_mask_take_their_parameter_sharding(tmp_path):
+    mesh = mesh_lib.create_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    state = run(
+        tmp_path,
+        train_cfg=make_configs(steps=1)[0],
+        mesh=mesh,
+        trainable=lambda path, leaf: path.startswith("Dense_0"),
+    )
+    adam = state.opt_state.inner_states["train"].inner_state[1][0]
+    kernel = state.params["Dense_0"]["kernel"]
+    assert kernel.sharding.spec == jax.sharding.PartitionSpec("fsdp")
+    assert adam.mu["Dense_0"]["kernel"].sharding == kernel.sharding
+    assert adam.nu["Dense_0"]["kernel"].sharding == kernel.sharding
+    assert isinstance(adam.mu["Dense_1"]["kernel"], optax.MaskedNode)  # frozen: no moment
+    assert adam.count.sharding.spec == jax.sharding.PartitionSpec()
+
+
+def test_mesh_rules_come_from_the_mesh_config(tmp_path):
+    mesh = mesh_lib.create_mesh({"data": 2, "fsdp": 4, "tensor": 1})
+    cfg = make_configs(steps=1)[0]
+    # "embed" kept whole: the small kernel is then replicated (too small for default FSDP).
+    state = run(tmp_path / "whole", train_cfg=cfg, mesh=mesh, rules=(("embed", None),))
+    assert state.params["Dense_0"]["kernel"].sharding.spec == jax.sharding.PartitionSpec()
+    with pytest.raises(ValueError, match=r"config.mesh.rules\[0\].*'fsdpp'"):
+        run(tmp_path / "typo", train_cfg=cfg, mesh=mesh, rules=(("embed", "fsdpp"),))

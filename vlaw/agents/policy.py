@@ -355,7 +355,7 @@ def initial_params(spec: dict, model_config: pi05.Pi05Config) -> Callable[[Any],
     fresh initialisation)."""
     kind, path = spec["init"]["kind"], spec["init"]["path"]
     if kind in ("previous_iteration", "vlaw"):
-        return lambda target: checkpoints.restore_params(path, target)
+        return checkpoints.params_loader(path)
     if kind == "openpi":
 
         def from_openpi(target):

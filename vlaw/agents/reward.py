@@ -179,7 +179,7 @@ def initial_params(config: ml_collections.ConfigDict, start_path: str):
 
         return from_hf
     if start_path:
-        return lambda target: checkpoints.restore_params(start_path, target)
+        return checkpoints.params_loader(start_path)
     return None
 
 

@@ -350,7 +350,7 @@ def initial_params(
     codec."""
     init, vae_source = spec["init"], spec["vae"]
     if init["kind"] in ("previous_iteration", "vlaw"):
-        return lambda target: checkpoints.restore_params(init["path"], target)
+        return checkpoints.params_loader(init["path"])
 
     def assemble(target):
         del target  # the trainer checks the shapes and places the host arrays

@@ -56,7 +56,7 @@ from vlaw.agents.world_model import (
 from vlaw.data import mixture, windows
 from vlaw.data.atomic_json import read_json, write_json
 from vlaw.models.world_model.vae import TemporalVAE, encode_latents
-from vlaw.train import trainer
+from vlaw.train import checkpoints, trainer
 
 # --------------------------------------------------------------------------------------------
 # The VAE: trained first at tiny/sim, imported at paper.
@@ -142,6 +142,10 @@ def train_vae(
             loss_fn=vae_loss_fn(vae, float(w.vae_kl_weight)),
             batches=batches,
             host_fn=vae_clips,
+            # vae_train.init_from: a vlaw VAE run to start from (the trainer reads no config).
+            initial_params=(
+                checkpoints.params_loader(vae_train.init_from) if vae_train.init_from else None
+            ),
             seed=seed,
             progress=progress,
         )

@@ -15,6 +15,7 @@ from another model size fails with the parameter path and both shapes rather tha
 anonymous "Requested shape ... is not compatible".
 """
 
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -193,3 +194,12 @@ def restore_on_one_device(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_params
     )
     return restore_params(directory, target, key=key)
+
+
+def params_loader(directory: str | epath.Path, *, key: str = "params") -> Callable[[Any], Any]:
+    """`trainer.train(initial_params=...)` for a vlaw run's checkpoint directory (`init_from`).
+
+    The trainer calls it with the abstract, sharded parameter tree when there is no checkpoint
+    to resume; it then reads `directory`'s newest `key` tree straight into those shardings.
+    """
+    return lambda target: restore_params(directory, target, key=key)

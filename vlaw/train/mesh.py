@@ -7,8 +7,10 @@ Parallelism is configuration (STYLE.md): `config.mesh` names the sizes of three 
 - `tensor`: tensor (model) parallelism of wide matrices (mlp, heads, vocab),
 
 with -1 meaning "the devices left over". Models only speak logical axis names
-(`nn.with_logical_partitioning(init, ("embed", "mlp"))`); `LOGICAL_AXIS_RULES` maps them to
-mesh axes here, so no model knows a device count.
+(`nn.with_logical_partitioning(init, ("embed", "mlp"))`); the rules of `config.mesh.rules`
+map them to mesh axes here, so no model knows a device count. For each dimension the first
+rule whose mesh axes are still unused in that array and divide the dimension wins; otherwise
+the dimension is replicated. Names no rule lists are replicated.
 """
 
 import logging
@@ -22,33 +24,15 @@ import numpy as np
 from jax.sharding import AxisType, Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from vlaw import config as vlaw_config
+
 MESH_AXES = ("data", "fsdp", "tensor")
 # The batch dimension is split over every data-parallel axis: FSDP is data parallelism too.
 BATCH_AXES = ("data", "fsdp")
 
-# (logical name, mesh axis | tuple of mesh axes | None). For each dimension the first rule
-# whose mesh axes are still unused in that array and divide the dimension wins; otherwise the
-# dimension is replicated. Names not listed are replicated.
-LOGICAL_AXIS_RULES: tuple[tuple[str, str | tuple[str, ...] | None], ...] = (
-    ("batch", BATCH_AXES),
-    # Weight dimensions. "embed" carries FSDP (every transformer matrix has one), the wide
-    # dimensions carry tensor parallelism (Megatron-style column/row split).
-    ("embed", "fsdp"),
-    ("mlp", "tensor"),
-    ("mlp", "fsdp"),
-    ("heads", "tensor"),
-    ("heads", "fsdp"),
-    ("kv_heads", "tensor"),
-    ("kv", None),  # head dimension: small, kept whole for attention kernels
-    ("head_dim", None),
-    ("vocab", "tensor"),
-    ("vocab", "fsdp"),
-    ("conv_out", "tensor"),
-    ("conv_out", "fsdp"),
-    ("conv_in", "fsdp"),
-    ("layers", None),  # the nn.scan axis of stacked blocks
-    ("norm", None),
-)
+# The production rules are config (`config.mesh.rules`, defined in vlaw/config.py), so a run can
+# change them with `--config.mesh.rules=...`; the default of the functions below is the same tuple.
+LOGICAL_AXIS_RULES = vlaw_config.LOGICAL_AXIS_RULES
 
 # Arrays with fewer elements than this stay replicated when no logical name shards them:
 # biases and norm scales cost more in collectives than they save in memory.
@@ -57,8 +41,36 @@ MIN_FSDP_ELEMENTS = 2**14
 Rules = Sequence[tuple[str, str | tuple[str, ...] | None]]
 
 
+def rules_from_config(mesh_config: Any) -> tuple[tuple[str, tuple[str, ...] | None], ...]:
+    """`config.mesh.rules`, checked: (logical name, mesh axis | tuple of mesh axes | None) pairs.
+
+    Accepts lists for tuples (a config read back from JSON). A misspelt mesh axis or a rule that
+    is not a pair raises here, naming the rule, rather than silently replicating a dimension.
+    """
+    if "rules" not in mesh_config:
+        raise ValueError("config.mesh.rules is missing: the logical-axis rules are config")
+    checked = []
+    for index, rule in enumerate(mesh_config["rules"]):
+        where = f"config.mesh.rules[{index}] = {rule!r}"
+        if not isinstance(rule, (tuple, list)) or len(rule) != 2 or not isinstance(rule[0], str):
+            raise ValueError(f"{where}: each rule is a (logical name, mesh axes or None) pair")
+        name, axes = rule
+        if axes is not None:
+            axes = (axes,) if isinstance(axes, str) else tuple(axes)
+            unknown = [a for a in axes if a not in MESH_AXES]
+            if unknown or not axes:
+                raise ValueError(
+                    f"{where}: {unknown or axes} names no mesh axis; use axes of {MESH_AXES}, "
+                    "a tuple of them, or None (keep the dimension whole)"
+                )
+        checked.append((name, axes))
+    return tuple(checked)
+
+
 def maybe_initialize_distributed(mesh_config: Any) -> None:
     """Joins the multi-host job when `config.mesh.distributed` is set (before any jax call).
+
+    launch.py calls it once, before running a phase; the trainer assumes it was done.
 
     On TPU pods, SLURM and Kubernetes jobs JAX finds the coordinator itself; elsewhere set
     JAX_COORDINATOR_ADDRESS, JAX_NUM_PROCESSES and JAX_PROCESS_ID.

@@ -54,25 +54,67 @@ def trainable_mask(params: Any, trainable: Trainable) -> Any | None:
     return jax.tree.map(bool, trainable)
 
 
+def _clipped_adamw(train_config: Any) -> optax.GradientTransformation:
+    """Clip by global norm, then AdamW with moments in `train.param_dtype`."""
+    return optax.chain(
+        optax.clip_by_global_norm(float(train_config.grad_clip_norm)),
+        optax.adamw(
+            learning_rate_schedule(train_config),
+            weight_decay=float(train_config.weight_decay),
+            mu_dtype=jnp.dtype(train_config.param_dtype),
+        ),
+    )
+
+
 def make_optimizer(train_config: Any, mask: Any | None = None) -> optax.GradientTransformation:
     """Clip by global norm, then AdamW; frozen leaves (mask False) get zero updates.
 
     Frozen leaves get no Adam moments either (`optax.multi_transform`), so a frozen vision
     encoder costs no optimizer memory, and their gradients are left out of the clipping norm.
     """
-    param_dtype = jnp.dtype(train_config.param_dtype)
-    tx = optax.chain(
-        optax.clip_by_global_norm(float(train_config.grad_clip_norm)),
-        optax.adamw(
-            learning_rate_schedule(train_config),
-            weight_decay=float(train_config.weight_decay),
-            mu_dtype=param_dtype,
-        ),
-    )
+    tx = _clipped_adamw(train_config)
     if mask is None:
         return tx
     labels = jax.tree.map(lambda t: "train" if t else "frozen", mask)
     return optax.multi_transform({"train": tx, "frozen": optax.set_to_zero()}, labels)
+
+
+def map_optimizer_state(
+    train_config: Any,
+    mask: Any | None,
+    opt_state: Any,
+    per_param: Any,
+    non_param: Callable[[Any], Any],
+) -> Any:
+    """`opt_state` (of `make_optimizer(train_config, mask)`) with its leaves replaced.
+
+    Every leaf of a parameter-shaped part (Adam's moments) becomes the leaf of `per_param` (a
+    tree shaped like the parameters, e.g. their shardings) at the same parameter path; every
+    other leaf (counts) becomes `non_param(leaf)`. The parameter-shaped parts are found by
+    `optax.tree_map_params`, i.e. by optax itself, not by matching names or shapes. Under a
+    mask it is applied to the trainable group, whose trees hold `MaskedNode`s where frozen
+    parameters are.
+    """
+
+    def over(state: Any, values: Any) -> Any:
+        return optax.tree_map_params(
+            _clipped_adamw(train_config),
+            lambda _, value: value,
+            state,
+            values,
+            transform_non_params=lambda leaf: jax.tree.map(non_param, leaf),
+        )
+
+    if mask is None:
+        return over(opt_state, per_param)
+    # multi_transform's state: {"train": MaskedState(AdamW state of the trainable leaves),
+    # "frozen": MaskedState(set_to_zero's empty state)}.
+    groups = dict(opt_state.inner_states)
+    trainable = jax.tree.map(lambda value, t: value if t else optax.MaskedNode(), per_param, mask)
+    train = groups["train"]
+    groups["train"] = train._replace(inner_state=over(train.inner_state, trainable))
+    groups["frozen"] = jax.tree.map(non_param, groups["frozen"])
+    return opt_state._replace(inner_states=groups)
 
 
 def cast_floating(tree: Any, dtype: Any) -> Any:

@@ -7,18 +7,21 @@
                   batches=iterator)
 
 What happens, in order:
-1. the mesh is built from `config.mesh` (and the multi-host job joined when asked);
+1. the mesh is built from `config.mesh` (launch.py has joined a multi-host job already);
 2. `jax.eval_shape(init_fn)` gives the parameter tree with its logical axis names, from which
-   the shardings of every array of the `TrainState` follow (mesh.py); the state is then built
-   by a jit with those `out_shardings`, so no device ever holds more than its shards;
+   `config.mesh.rules` give the parameter shardings (mesh.py); the optimizer moments take
+   their parameter's sharding (optax finds them), scalars replicate. The state is built by a
+   jit with those `out_shardings`, so no device ever holds more than its shards;
 3. the newest checkpoint in `workdir` is restored if there is one (state and data position:
-   exact resume); otherwise `init_params` or `train.init_from` seed the parameters;
+   exact resume; `metrics.jsonl` lines past it are dropped); otherwise `initial_params`, if
+   given, supplies the parameters (the caller resolves `train.init_from`), else `init_fn`;
 4. `train_step` is jitted with explicit in/out shardings and the state donated, compiled
    ahead of time on the first batch (once: a later shape change is an error, not a silent
    recompile), and run under `jax.transfer_guard("disallow")`: the only host<->device traffic
    is the explicit batch upload and the metrics fetch every `log_every_steps`;
 5. non-finite updates are refused inside the step and counted; the metrics fetch raises
-   `NonFiniteError` once the count passes `train.max_nonfinite_steps`;
+   `NonFiniteError` once the count passes `train.max_nonfinite_steps`, and so does the end
+   of a call none of whose updates was applied;
 6. checkpoints every `ckpt.save_every_steps`, at the end, and at the first step boundary after
    SIGTERM (then the loop returns early; the next run with the same workdir resumes).
 """
@@ -68,7 +71,7 @@ def read_metrics(workdir: str) -> list[dict[str, float]]:
 
 
 class NonFiniteError(FloatingPointError):
-    """Raised when more than `train.max_nonfinite_steps` updates were refused."""
+    """More than `train.max_nonfinite_steps` updates refused, or every update of a call."""
 
 
 def train_step(
@@ -155,35 +158,32 @@ def _initial_state(
     )
 
 
-def _state_shardings(abstract_state: TrainState, param_sh: Any, mesh: Mesh) -> TrainState:
+def _state_shardings(
+    abstract_state: TrainState, param_sh: Any, mesh: Mesh, train_config: Any, mask: Any | None
+) -> TrainState:
     """Shardings for every leaf of the state: moments follow their parameter, scalars replicate.
 
-    Optimizer-state leaves are matched to parameters by key path: an Adam moment's path ends
-    with its parameter's path (".../mu/encoder/Dense_0/kernel"), whatever chain, mask or
-    multi_transform wraps it.
+    optax itself says which parts of the optimizer state are parameter-shaped
+    (`optim.map_optimizer_state`); any other leaf that is not a scalar is an error rather than
+    a silently replicated array.
     """
-    by_path = {}
-    for path, sh in jax.tree_util.tree_flatten_with_path(param_sh)[0]:
-        by_path[tuple(optim.path_name(path).split("/"))] = sh
-    param_shapes = {
-        tuple(optim.path_name(p).split("/")): x.shape
-        for p, x in jax.tree_util.tree_flatten_with_path(abstract_state.params)[0]
-    }
     replicated = mesh_lib.replicated(mesh)
 
-    def opt_leaf(path: Any, leaf: Any) -> NamedSharding:
-        parts = tuple(optim.path_name(path).split("/"))
-        for start in range(len(parts)):
-            suffix = parts[start:]
-            if suffix in by_path and param_shapes[suffix] == leaf.shape:
-                return by_path[suffix]
+    def non_param(leaf: Any) -> NamedSharding:
+        if leaf.shape:
+            raise ValueError(
+                f"optimizer state leaf of shape {leaf.shape} is neither parameter-shaped nor a "
+                "scalar; the trainer does not know how to shard it"
+            )
         return replicated
 
     return TrainState(
         step=replicated,
         params=param_sh,
         ema_params=None if abstract_state.ema_params is None else param_sh,
-        opt_state=jax.tree_util.tree_map_with_path(opt_leaf, abstract_state.opt_state),
+        opt_state=optim.map_optimizer_state(
+            train_config, mask, abstract_state.opt_state, param_sh, non_param
+        ),
         rng=replicated,
         nonfinite_count=replicated,
     )
@@ -195,7 +195,7 @@ def _place_params(params: Any, abstract: Any, shardings: Any) -> Any:
     Host arrays are sliced per device (`make_array_from_callback`): no device ever holds a
     whole array. jax.Arrays passed in are consumed (their buffers donated to the state).
     """
-    checkpoints.check_compatible(params, abstract, "init_params (as 'checkpoint')")
+    checkpoints.check_compatible(params, abstract, "initial_params (as 'checkpoint')")
 
     def one(x: Any, sh: NamedSharding) -> jax.Array:
         if isinstance(x, jax.Array):
@@ -246,11 +246,32 @@ def _check_batch_size(local_batch: dict[str, Any], batch_size: int) -> None:
             )
 
 
+def _drop_metrics_after(workdir: epath.Path, step: int) -> None:
+    """Rewrites `metrics.jsonl` without the lines logged after `step` (process 0, atomically).
+
+    A run killed between two checkpoints logged steps it will train again when resumed from
+    `step`; without this the file would hold them twice (and skew any summary of it).
+    """
+    path = workdir / "metrics.jsonl"
+    if jax.process_index() != 0 or not path.exists():
+        return
+    lines = [line for line in path.read_text().splitlines() if line.strip()]
+    kept = [line for line in lines if json.loads(line)["step"] <= step]
+    if len(kept) == len(lines):
+        return
+    temporary = workdir / "metrics.jsonl.tmp"
+    temporary.write_text("".join(line + "\n" for line in kept))
+    temporary.replace(path)
+    logging.info("metrics.jsonl: dropped %d lines past step %d", len(lines) - len(kept), step)
+
+
 class _MetricsLog:
     """Metrics of the steps since the last log: fetched together, averaged, written, shown.
 
     `metrics.jsonl` (process 0) gets one line per log step: means over the window, the
-    non-finite counter's latest value, steps/s and examples/s (compile time excluded).
+    non-finite counter's latest value, steps/s and examples/s (compile time excluded). The
+    progress bar moves at the fetch too: it counts steps the device has finished, not steps
+    dispatched ahead of it, so its rate and ETA are the device's.
     """
 
     def __init__(
@@ -265,6 +286,7 @@ class _MetricsLog:
         self.window: list[dict[str, jax.Array]] = []
         self.extra: dict[str, float] = {}
         self.last_time, self.last_step = time.perf_counter(), start
+        self.steps_logged = self.updates_applied = 0  # this call's, over fetched windows
 
     def timed_compile(self, jitted: Any, *args: Any) -> Any:
         """`jitted` lowered and compiled for `args`; the time goes into the next log line."""
@@ -279,14 +301,19 @@ class _MetricsLog:
         self.last_time = time.perf_counter()
         return compiled
 
-    def add(self, step: int, metrics: dict[str, jax.Array], flush: bool) -> None:
+    def add(self, metrics: dict[str, jax.Array]) -> None:
         self.window.append(metrics)
-        self.bar.update(1)
-        if not flush:
+
+    def flush(self, step: int) -> None:
+        """Fetches, logs and shows the window ending at `step` (no-op when it is empty)."""
+        if not self.window:
             return
         # The loop's only device->host read; it waits for this step to finish.
         window = jax.device_get(self.window)
         self.window = []
+        self.bar.update(len(window))
+        self.steps_logged += len(window)
+        self.updates_applied += int(sum(m["update_applied"] for m in window))
         summary: dict[str, float] = {}
         for key in window[-1]:
             values = np.asarray([m[key] for m in window], np.float64)
@@ -310,6 +337,16 @@ class _MetricsLog:
                 f"train.max_nonfinite_steps={self.max_nonfinite}; last metrics: {summary}"
             )
 
+    def check_some_update_applied(self, step: int) -> None:
+        """At the end of a call: every one of its updates refused is a failed run, not a done one
+        (the limit `max_nonfinite_steps` alone lets a short run of all-NaN data through)."""
+        if self.steps_logged and not self.updates_applied:
+            raise NonFiniteError(
+                f"all {self.steps_logged} updates up to step {step} were refused for a non-finite "
+                "loss or gradient norm: check the data for NaN/inf, the learning rate and the "
+                "initial weights"
+            )
+
     def close(self) -> None:
         self.bar.close()
         if self.file is not None:
@@ -325,7 +362,6 @@ def train(
     init_fn: Callable[[jax.Array], Any],
     loss_fn: LossFn,
     batches: Any,
-    logical_axis_rules: mesh_lib.Rules = mesh_lib.LOGICAL_AXIS_RULES,
     seed: int = 0,
     initial_params: Callable[[Any], Any] | None = None,
     trainable: optim.Trainable = None,
@@ -338,21 +374,23 @@ def train(
 
     Args:
       train_config: a `config.<model>.train` section (vlaw/config.py `_train_section`).
-      ckpt_config, mesh_config: `config.ckpt`, `config.mesh`.
+      ckpt_config, mesh_config: `config.ckpt`, `config.mesh` (its `rules` shard parameters).
       workdir: the run's checkpoint directory; `metrics.jsonl` is appended next to the steps
-        (after a hard kill, steps logged past the last checkpoint are logged again on resume).
+        (on resume, lines logged past the restored checkpoint are dropped first: a killed and
+        resumed run logs each step once).
       init_fn: rng -> parameter tree, boxed with logical axis names or not (e.g.
         `lambda rng: model.init(rng, x)["params"]`). Only traced for shapes when resuming.
       loss_fn: (params, batch, rng) -> (loss, metrics); pure, the model's apply inside. It gets
         the float32 masters: cast with `optim.cast_for_compute` for bf16 compute.
       batches: a `vlaw.data.batches.BatchIterator` yielding this host's rows of the global
         batch (leading dimension `batch_size / process_count`).
-      logical_axis_rules: (logical name, mesh axis or None) pairs; see mesh.py.
       seed: root of the init and training keys (the data pipeline seeds itself).
-      initial_params: None (a fresh `init_fn`) or `target -> params`, called only when there is
-        no checkpoint to resume, with the abstract parameter tree (ShapeDtypeStructs carrying
-        their shardings); it returns placed jax.Arrays (`checkpoints.restore_params`) or host
-        arrays, which are shape-checked and placed shard by shard.
+      initial_params: None (initialise with `init_fn`), or `target -> params`, called only
+        when there is no checkpoint to resume. `target` is the abstract parameter tree:
+        unboxed `jax.ShapeDtypeStruct`s in `train.param_dtype` carrying their `NamedSharding`.
+        It returns placed jax.Arrays (`checkpoints.restore_params(directory, target)`) or host
+        arrays, which are shape-checked against `target` and placed shard by shard. The caller
+        resolves `train.init_from`; the trainer does not read it.
       trainable: None, a bool tree like the params, or `(path "a/b/kernel", abstract leaf)
         -> bool` (the leaf is a ShapeDtypeStruct);
         frozen leaves get no gradient, no update and no optimizer memory.
@@ -366,7 +404,6 @@ def train(
     Returns:
       The final TrainState (after the last step, or after the SIGTERM checkpoint).
     """
-    mesh_lib.maybe_initialize_distributed(mesh_config)
     mesh = mesh if mesh is not None else mesh_lib.create_mesh(mesh_config)
     workdir = epath.Path(workdir)
     steps = int(train_config.steps)
@@ -377,7 +414,7 @@ def train(
 
     # Shapes and logical names only: nothing is allocated.
     boxed = jax.eval_shape(init_fn, init_rng)
-    param_sh = mesh_lib.param_shardings(boxed, mesh, logical_axis_rules)
+    param_sh = mesh_lib.param_shardings(boxed, mesh, mesh_lib.rules_from_config(mesh_config))
     abstract_params = nn.unbox(boxed)
     mask = optim.trainable_mask(abstract_params, trainable)
     tx = optim.make_optimizer(train_config, mask)
@@ -385,7 +422,7 @@ def train(
         _initial_state, init_fn=init_fn, tx=tx, param_dtype=param_dtype, use_ema=ema_decay > 0
     )
     abstract_state = jax.eval_shape(build, init_rng, train_rng, None)
-    state_sh = _state_shardings(abstract_state, param_sh, mesh)
+    state_sh = _state_shardings(abstract_state, param_sh, mesh, train_config, mask)
 
     manager = checkpoints.make_manager(workdir, ckpt_config)
     start = manager.latest_step()
@@ -397,17 +434,19 @@ def train(
         )
         state, data_state = checkpoints.restore(manager, start, target)
         batches.restore(data_state)
+        _drop_metrics_after(workdir, start)
         logging.info("resumed from %s at step %d", workdir, start)
     else:
         start = 0
         placed = None
-        target_params = jax.tree.map(
-            lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
-            abstract_state.params,
-            param_sh,
-        )
         if initial_params is not None:
-            placed = _place_params(initial_params(target_params), abstract_state.params, param_sh)
+            target_params = jax.tree.map(
+                lambda a, sh: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=sh),
+                abstract_state.params,
+                param_sh,
+            )
+            given = initial_params(target_params)
+            placed = _place_params(given, abstract_state.params, param_sh)
         state = jax.jit(build, out_shardings=state_sh, donate_argnums=(2,))(
             init_rng, train_rng, placed
         )
@@ -431,7 +470,7 @@ def train(
     # Several processes must stop at the same step: there orbax's reached_preemption (JAX's
     # preemption sync, which owns SIGTERM) decides; one process watches SIGTERM itself.
     multi_process = jax.process_count() > 1
-    saved_step, compiled = start, None
+    saved_step, compiled, stop = start, None, False
     try:
         with _StopOnSigterm(install=not multi_process) as sigterm, jax.transfer_guard("disallow"):
             for step in range(start, last):
@@ -454,7 +493,13 @@ def train(
                     stop = manager.reached_preemption(done)
                 else:
                     stop = sigterm.requested.is_set()
-                log.add(done, metrics, flush=done % log.every == 0 or done == last or stop)
+                log.add(metrics)
+                if done % log.every == 0 or done == last or stop:
+                    log.flush(done)
+                if done == last:
+                    # Before the final save: a rerun then retries the refused steps instead
+                    # of finding a finished run.
+                    log.check_some_update_applied(done)
                 if done % save_every == 0 or done == last or stop:
                     # orbax's device->host copy is its own business: the guard is there to
                     # catch the step's hidden syncs, and a save is a deliberate one.
@@ -466,6 +511,9 @@ def train(
                     break
             else:
                 step = last
+            log.flush(step)  # the data ran out with steps not yet logged
+            if not stop:  # a preempted call is not over: it goes on when resumed
+                log.check_some_update_applied(step)
             if step > saved_step:  # the data ran out between two saves
                 with jax.transfer_guard("allow"):
                     checkpoints.save(manager, step, state, batches.state())
