@@ -41,6 +41,9 @@ def make_manager(directory: str | epath.Path, ckpt_config: Any) -> ocp.Checkpoin
         # The trainer decides when to save (every N steps, at the end, on SIGTERM).
         save_interval_steps=1,
         create=True,
+        # A save killed mid-write (SIGKILL, preemption) leaves `<step>.orbax-checkpoint-tmp-*`;
+        # the next run removes it rather than carrying it forever.
+        cleanup_tmp_directories=True,
     )
     return ocp.CheckpointManager(
         epath.Path(directory),
