@@ -1,9 +1,9 @@
 """Kill -9 at random moments, rerun, and compare with an uninterrupted run (issue: nothing lost,
 nothing silently mixed). One test per phase kind: a data phase (`collect`), a training phase
-(`train_policy`) and `imagine`. Each kill lands at a seeded random moment within the
-uninterrupted run's duration; after the rerun the outputs equal the uninterrupted run's and
-the run directory holds no temporary or staging directory. The default run kills twice per
-phase; the slow run ten times.
+(`train_policy`) and `imagine` (from a world model of random weights). Each kill lands at a
+seeded random moment within the uninterrupted run's duration; after the rerun the outputs equal
+the uninterrupted run's and the run directory holds no temporary or staging directory. The
+default run kills twice per phase; the slow run ten times.
 """
 
 import hashlib
@@ -107,7 +107,27 @@ def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
     durations = {"collect": _finish(workdir, "collect", 0)}
     durations["train_policy"] = _finish(workdir, "train_policy", 0)
+    _write_world_model(workdir, 1)
+    durations["imagine"] = _finish(workdir, "imagine", 1)
     return workdir, durations
+
+
+def _write_world_model(workdir, iteration: int) -> None:
+    """A world model of random tiny weights where train_world_model would put it (training
+    one costs minutes; imagine's fault tolerance does not depend on its quality)."""
+    from vlaw import workdir as workdir_lib
+    from vlaw.agents import world_model as wm
+    from vlaw.config import experiment_config
+
+    config = experiment_config(("scoop",), "tiny")
+    spec = {"scaling_factor": 1.0, "residual_scale": 2.0, "vae": {"kind": "pixels"}}
+    rng = np.random.default_rng(2)
+    params = jax.tree.map(
+        lambda a: (0.05 * rng.standard_normal(a.shape)).astype(a.dtype),
+        wm.abstract_params(config, spec),
+    )
+    directory = workdir_lib.checkpoint_dir(str(workdir), "world_model", iteration)
+    wm.save_world_model(directory, params, spec=spec, step=1, ckpt_config=config.ckpt)
 
 
 @pytest.mark.parametrize("count", KILLS)
@@ -147,4 +167,17 @@ def test_train_policy_killed_at_random_moments(reference, tmp_path, count):
         for d in directories
     ]
     assert metrics[0] == metrics[1]  # each step logged once, as in the uninterrupted run
+    assert _leftovers(workdir) == []
+
+
+@pytest.mark.parametrize("count", KILLS)
+def test_imagine_killed_at_random_moments(reference, tmp_path, count):
+    workdir_ref, durations = reference
+    workdir = tmp_path / "run"
+    for name in ("demos", "checkpoints", "assets"):
+        shutil.copytree(workdir_ref / name, workdir / name)
+    for delay in _kills(3, count, durations["imagine"]):
+        _kill_at(workdir, "imagine", 1, delay)
+    _finish(workdir, "imagine", 1)
+    assert _digests(workdir) == _digests(workdir_ref)
     assert _leftovers(workdir) == []
