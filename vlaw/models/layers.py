@@ -71,6 +71,13 @@ def dot_product_attention(
     )
 
 
+def config_preset(cls, presets: dict[str, dict], name: str, overrides: dict):
+    """`cls` built from the fields of its preset `name` in `presets`, then `overrides`."""
+    if name not in presets:
+        raise ValueError(f"unknown {cls.__name__} preset {name!r}; choose one of {sorted(presets)}")
+    return cls(**{**presets[name], **overrides})
+
+
 def remat_policy(name: str | None):
     """The `jax.checkpoint_policies` entry a config names (`train.remat_policy`).
 
@@ -130,10 +137,10 @@ def conv(
     )
 
 
-def group_norm(eps: float, name: str, dtype, param_dtype):
-    """32-group GroupNorm with two-pass variance (matches PyTorch to float32 rounding)."""
-    return nn.GroupNorm(
-        num_groups=32,
+def _norm_options(eps: float, name: str, dtype, param_dtype) -> dict:
+    """What GroupNorm and LayerNorm share: PyTorch's two-pass variance (matches it to float32
+    rounding), scale 1 and bias 0 on the "norm" axis."""
+    return dict(
         epsilon=eps,
         use_fast_variance=False,
         dtype=dtype,
@@ -142,18 +149,16 @@ def group_norm(eps: float, name: str, dtype, param_dtype):
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
         name=name,
     )
+
+
+def group_norm(eps: float, name: str, dtype, param_dtype):
+    """32-group GroupNorm, as every diffusers norm of the UNet and VAE."""
+    return nn.GroupNorm(num_groups=32, **_norm_options(eps, name, dtype, param_dtype))
 
 
 def layer_norm(name: str, dtype, param_dtype, eps: float = 1e-5):
-    return nn.LayerNorm(
-        epsilon=eps,
-        use_fast_variance=False,
-        dtype=dtype,
-        param_dtype=param_dtype,
-        scale_init=nn.with_logical_partitioning(nn.initializers.ones_init(), ("norm",)),
-        bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("norm",)),
-        name=name,
-    )
+    """LayerNorm at PyTorch's default eps 1e-5 (Flax's is 1e-6)."""
+    return nn.LayerNorm(**_norm_options(eps, name, dtype, param_dtype))
 
 
 def remat(module_cls, policy_name: str | None):

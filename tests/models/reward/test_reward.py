@@ -182,4 +182,3 @@ def test_finetune_separates_two_videos(tokenizer, params):
         f"{float(metrics['loss']):.4f}, {elapsed:.1f} s"
     )
     assert accuracy > 0.9
-    assert elapsed < 60

@@ -54,7 +54,7 @@ import jax
 import jax.numpy as jnp
 
 from vlaw.losses import diffusion_loss, edm_preconditioning
-from vlaw.models.layers import dense
+from vlaw.models.layers import config_preset, dense
 from vlaw.models.world_model.unet import UNetConfig, UNetSpatioTemporal
 from vlaw.models.world_model.vae import TemporalVAE, VAEConfig, decode_latents
 
@@ -143,9 +143,7 @@ class CtrlWorldConfig:
             ),
             "paper": {},
         }
-        if name not in presets:
-            raise ValueError(f"unknown Ctrl-World preset {name!r}; choose one of {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+        return config_preset(cls, presets, name, overrides)
 
 
 def normalize_poses(poses: jax.Array, config: CtrlWorldConfig) -> jax.Array:

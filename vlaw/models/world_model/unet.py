@@ -67,6 +67,7 @@ from vlaw.models.layers import (
     MixFactor,
     Resample,
     SpatioTemporalResBlock,
+    config_preset,
     conv,
     dense,
     dot_product_attention,
@@ -117,9 +118,7 @@ class UNetConfig:
             ),
             "paper": {},
         }
-        if name not in presets:
-            raise ValueError(f"unknown UNet preset {name!r}; choose one of {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+        return config_preset(cls, presets, name, overrides)
 
     @property
     def time_embed_dim(self) -> int:

@@ -38,6 +38,7 @@ from vlaw.models.layers import (
     Resample,
     ResnetBlock2D,
     SpatioTemporalResBlock,
+    config_preset,
     conv,
     dense,
     dot_product_attention,
@@ -91,9 +92,7 @@ class VAEConfig:
             "sim": dict(block_out_channels=(32, 64, 128)),
             "paper": {},
         }
-        if name not in presets:
-            raise ValueError(f"unknown VAE preset {name!r}; choose one of {sorted(presets)}")
-        return cls(**{**presets[name], **overrides})
+        return config_preset(cls, presets, name, overrides)
 
     @property
     def downsample_factor(self) -> int:
@@ -124,6 +123,8 @@ class SpatialSelfAttention(nn.Module):
 
 
 class _EncoderDownBlock(nn.Module):
+    """One encoder level: `num_layers` 2D resnets (no time embedding), then the downsampler."""
+
     out: int
     num_layers: int
     add_downsample: bool
@@ -142,6 +143,8 @@ class _EncoderDownBlock(nn.Module):
 
 
 class _EncoderMidBlock(nn.Module):
+    """resnets_0 -> one-head self-attention over the whole latent grid -> resnets_1."""
+
     dtype: str = "float32"
     param_dtype: str = "float32"
 
