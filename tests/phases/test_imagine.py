@@ -30,6 +30,7 @@ from vlaw.phases import train_policy
 from vlaw.rollout import imagine, imagine_plan
 from vlaw.rollout.station import TaskSpec
 from vlaw.train import checkpoints
+from vlaw.train import mesh as mesh_lib
 
 ROLLOUTS = 3  # two batches of two: the second padded
 
@@ -338,7 +339,7 @@ def test_rollouts_split_over_devices_equal_one_device(imagined, tmp_path):
     import sys
 
     config, workdir, _, episodes = imagined
-    assert imagine.rollout_mesh(2).devices.size == 2
+    assert mesh_lib.rows_mesh(2).devices.size == 2
     _copy_prerequisites(workdir, str(tmp_path))
     script = (
         "import sys\n"

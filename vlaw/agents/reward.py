@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec
 from tqdm import tqdm
 
 from vlaw.data import rlds_read
@@ -40,6 +41,7 @@ from vlaw.models.reward.tokenizer import (
     prompt_inputs,
 )
 from vlaw.train import checkpoints, optim
+from vlaw.train import mesh as mesh_lib
 
 FPS = 15.0  # DROID's control and camera rate: the clock of the prompt's timestamps
 
@@ -283,14 +285,18 @@ def score_episodes(
 ) -> EpisodeScores:
     """Scores every episode of `dataset_dirs` with the reward model.
 
-    `params` are cast to `model_cfg.dtype` once; `length` is the padded prompt length
-    (`prompt_length`). The last batch is padded by repeating its last
-    episode (the padding's scores are dropped), so the jitted function sees one shape.
+    `params` are cast to `model_cfg.dtype` once and replicated over `mesh_lib.rows_mesh`,
+    whose devices each score their rows of a batch; `length` is the padded prompt length
+    (`prompt_length`). The last batch is padded by repeating its last episode (the padding's
+    scores are dropped), so the jitted function sees one shape.
     """
     layouts = [rlds_read.open_dataset(d) for d in dataset_dirs]
     total = sum(layout.num_episodes for layout in layouts)
     yes, no = answer_token_ids(tokenizer)
-    params = jax.jit(functools.partial(optim.cast_floating, dtype=model_cfg.dtype))(params)
+    mesh = mesh_lib.rows_mesh(batch_size)
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    cast = functools.partial(optim.cast_floating, dtype=model_cfg.dtype)
+    params = jax.device_put(jax.jit(cast)(params), NamedSharding(mesh, PartitionSpec()))
     score = functools.partial(
         answer_probabilities, config=model_cfg, yes_token_id=yes, no_token_id=no
     )
@@ -303,6 +309,7 @@ def score_episodes(
         texts = [t for _, t in pending] + [pending[-1][1]] * (batch_size - real)
         inputs = model_inputs(tokenizer, clips, texts, model_cfg=model_cfg, length=length)
         # Dispatch is asynchronous: the next batch is decoded while this one runs.
+        inputs = jax.device_put(inputs, rows)
         p_yes, p_no = score(params, inputs["input_ids"], inputs["frames"], inputs["attention_mask"])
         outputs.append((p_yes, p_no, real))
         pending.clear()

@@ -42,6 +42,7 @@ from vlaw.models.world_model import kinematics
 from vlaw.models.world_model.vae import encode_latents
 from vlaw.rollout.imagine_plan import Rollout
 from vlaw.rollout.station import Observation
+from vlaw.train import mesh as mesh_lib
 
 
 def steps_per_interaction(config: ml_collections.ConfigDict) -> int:
@@ -141,15 +142,6 @@ def _episode(rollout: Rollout, frames, joints, poses, stride: int, checkpoint: s
     return episode
 
 
-def rollout_mesh(batch_size: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D ("data",) mesh over as many of this process's devices as evenly split a batch
-    of `batch_size` rollouts: imagination is independent per rollout, so each device
-    imagines its rows (one device when the batch is odd, or there is one)."""
-    devices = list(jax.local_devices() if devices is None else devices)
-    count = max(n for n in range(1, len(devices) + 1) if batch_size % n == 0)
-    return Mesh(np.asarray(devices[:count]), ("data",))
-
-
 def imagine_batch(
     world,
     policy,
@@ -164,10 +156,11 @@ def imagine_batch(
     `TrainedPolicy`, called with an explicit key). Returns their B episodes; their noise
     depends on `rng` alone.
 
-    `mesh` (default: `rollout_mesh(B)`): the world model's memory, poses and text are split
-    over its "data" axis and its parameters replicated, so every device imagines B / n rows
-    of each chunk (the loop's dominant cost); the policy acts on the gathered frames."""
-    mesh = rollout_mesh(len(rollouts)) if mesh is None else mesh
+    `mesh` (default: `vlaw.train.mesh.rows_mesh(B)`): the world model's memory, poses and text
+    are split over its "data" axis and its parameters replicated, so every device imagines
+    B / n rows of each chunk (the loop's dominant cost); the policy acts on the gathered
+    frames."""
+    mesh = mesh_lib.rows_mesh(len(rollouts)) if mesh is None else mesh
     rows = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
     params = jax.device_put(world.params, replicated)

@@ -228,3 +228,12 @@ def make_global_batch(local_batch: dict[str, Any], mesh: Mesh) -> dict[str, jax.
         return jax.make_array_from_process_local_data(sharding, x)
 
     return jax.tree_util.tree_map_with_path(one, local_batch)
+
+
+def rows_mesh(batch_size: int, devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D ("data",) mesh over as many of this process's devices as evenly split a batch of
+    `batch_size` independent rows (imagined rollouts, scored episodes): each device computes
+    its rows, the model replicated (one device when the batch is odd, or there is one)."""
+    devices = list(jax.local_devices() if devices is None else devices)
+    count = max(n for n in range(1, len(devices) + 1) if batch_size % n == 0)
+    return Mesh(np.asarray(devices[:count]), ("data",))
