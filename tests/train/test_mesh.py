@@ -1,5 +1,7 @@
 """Mesh construction, sharding rules and global batches on 8 fake CPU devices."""
 
+import json
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
@@ -7,6 +9,7 @@ import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
+from vlaw import config as vlaw_config
 from vlaw.train import mesh as mesh_lib
 
 
@@ -111,3 +114,35 @@ def test_scanned_blocks_keep_the_layer_axis_whole(mesh_2x4):
     boxed = jax.eval_shape(Stack().init, jax.random.PRNGKey(0), jnp.zeros((1, 64)))["params"]
     spec = mesh_lib.param_shardings(boxed, mesh_2x4)["ScanBlock_0"]["Dense_0"]["kernel"].spec
     assert spec == P(None, "fsdp", "tensor")
+
+
+def test_rules_are_config_and_read_back_from_json():
+    mesh_config = vlaw_config.experiment_config(("scoop",), "tiny").mesh
+    rules = mesh_lib.rules_from_config(mesh_config)
+    assert rules[:2] == (("batch", ("data", "fsdp")), ("embed", ("fsdp",)))
+    assert ("kv", None) in rules
+    # config.json stores tuples as lists; read back, they mean the same rules.
+    as_json = json.loads(json.dumps(mesh_config.to_dict()))
+    assert mesh_lib.rules_from_config(as_json) == rules
+
+
+@pytest.mark.parametrize(
+    "rules, message",
+    [
+        (
+            (("embed", "fsdpp"),),
+            r"rules\[0\] = \('embed', 'fsdpp'\): \['fsdpp'\] names no mesh axis",
+        ),
+        ((("embed", "fsdp"), ("mlp", ("tensor", "model"))), r"rules\[1\].*\['model'\]"),
+        (("embed",), r"rules\[0\] = 'embed': each rule is a \(logical name"),
+        ((("embed", "fsdp", "tensor"),), "each rule is a"),
+    ],
+)
+def test_a_bad_rule_is_named(rules, message):
+    with pytest.raises(ValueError, match=message):
+        mesh_lib.rules_from_config({"rules": rules})
+
+
+def test_overridden_rules_change_the_shardings(mesh_2x4):
+    rules = mesh_lib.rules_from_config({"rules": (("embed", "tensor"), ("mlp", "fsdp"))})
+    assert mesh_lib.spec_for((64, 256), ("embed", "mlp"), mesh_2x4, rules) == P("tensor", "fsdp")

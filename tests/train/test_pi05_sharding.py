@@ -3,6 +3,10 @@
 The rules are `config.mesh.rules` of the experiment config; the mesh is data 2 x fsdp 4. Two
 steps must equal the same two steps on one device, and every parameter and optimizer moment
 must be sharded as the rules say (tests/conftest.py provides the 8 devices).
+
+Slow (about 100 s on a shared 2-core CPU, nearly all of it compiling the sharded and the
+one-device init and step), so outside the default run: `pytest -m slow`. The default run
+covers the same machinery on an MLP (tests/train/test_trainer.py).
 """
 
 import flax.linen as nn
@@ -18,6 +22,8 @@ from vlaw.losses import flow_matching_loss
 from vlaw.models.policy import pi05
 from vlaw.train import mesh as mesh_lib
 from vlaw.train import optim, trainer
+
+pytestmark = pytest.mark.slow
 
 BATCH = 8
 MODEL = pi05.pi05_config("tiny")

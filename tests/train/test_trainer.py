@@ -422,7 +422,7 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path):
     # A kill after step 4 was logged but before its checkpoint was written, with a stray line.
     shutil.rmtree(killed / "4")
     with open(killed / "metrics.jsonl", "a") as f:
-        f.write(json.dumps({"step": 5, "loss": 1.0}) + "\n")
+        f.write(json.dumps({"step": 5, "loss": 1.0}) + '\n{"step": 6, "lo')  # torn by the kill
     run(killed)  # resumes at 2, trains and logs 3 and 4 again
     assert [m["step"] for m in read_metrics(killed)] == [1, 2, 3, 4]
     assert _without_timings(read_metrics(killed)) == _without_timings(

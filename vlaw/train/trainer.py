@@ -256,7 +256,14 @@ def _drop_metrics_after(workdir: epath.Path, step: int) -> None:
     if jax.process_index() != 0 or not path.exists():
         return
     lines = [line for line in path.read_text().splitlines() if line.strip()]
-    kept = [line for line in lines if json.loads(line)["step"] <= step]
+
+    def logged_by_then(line: str) -> bool:
+        try:
+            return json.loads(line)["step"] <= step
+        except (ValueError, KeyError):
+            return False  # a line torn by the kill
+
+    kept = [line for line in lines if logged_by_then(line)]
     if len(kept) == len(lines):
         return
     temporary = workdir / "metrics.jsonl.tmp"
