@@ -77,6 +77,13 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     p.action_horizon = 15  # actions per chunk (DROID: 15)
     p.open_loop_steps = 8  # actions executed before re-planning (openpi's DROID client: 8)
     p.num_sampling_steps = 10  # Euler steps of the flow-matching sampler
+    # How the state reaches the model: "tokens" (openpi's pi0.5: 256 text bins in the prompt)
+    # or "continuous" (a Dense projection added to the action expert's tokens).
+    p.state_input = "tokens"
+    # True: the loss trains all 32 padded action dims, the padding towards 0 (openpi; its
+    # checkpoints were trained so). False: only the 8 real dims (the sampler then integrates
+    # the padding's exact flow). Either way `loss_arm` and `loss_gripper` are logged apart.
+    p.loss_on_padding = True
     p.train = _train_section(
         steps=4 if tiny else (300 if sim else 2_000),
         batch_size=2 if tiny else (32 if sim else 256),
