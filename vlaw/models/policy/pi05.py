@@ -97,10 +97,12 @@ _PRESETS = {
         dtype="float32",
     ),
     # CPU-trainable in minutes; PaliGemma's vocabulary so the real tokenizer works unchanged
-    # (the embedding is then most of the ~75M parameters, but a lookup is cheap).
+    # (the embedding is then most of the ~75M parameters, but a lookup is cheap). Images at the
+    # sim station's own 64x64 (16 tokens each): upsampling to 96 gave 36 tokens of no new
+    # information and cost 1.35x per train step (benchmarks/RESULTS.md).
     "sim": Pi05Config(
         siglip=SiglipConfig(
-            width=192, depth=4, mlp_dim=768, num_heads=3, patch_size=16, image_size=96
+            width=192, depth=4, mlp_dim=768, num_heads=3, patch_size=16, image_size=64
         ),
         llm=GemmaConfig(width=256, depth=4, mlp_dim=1024, num_heads=4, num_kv_heads=1, head_dim=64),
         expert=GemmaConfig(
