@@ -5,7 +5,8 @@ Layout of one forward pass (shared/research/openpi.md §1.4-1.5):
   the tokenised prompt (which carries the discretised state, see tokenizer.py). One
   bidirectional block; masked cameras and padded text are excluded as keys and do not advance
   the RoPE positions (positions = cumsum(valid) - 1).
-- suffix: `action_horizon` tokens from the noisy action chunk x_t through `action_in_proj`; one
+- suffix: `action_horizon` tokens from the noisy action chunk x_t through `action_in_proj` (plus
+  `state_proj` of the state when `state_input` is "continuous", instead of state text); one
   block that attends to the prefix and to itself, never the other way round. The flow time t
   enters only through adaptive RMSNorm in the expert: sincos(t) -> Dense -> swish -> Dense ->
   swish gives the conditioning vector of every expert norm.
