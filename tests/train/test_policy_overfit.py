@@ -29,7 +29,9 @@ from vlaw.train import policy as policy_lib
 pytestmark = pytest.mark.slow
 
 NUM_DEMOS = 3
-OVERFIT_STEPS = 400
+# Not yet seen to pass: the recipe reached R^2 0.32 and 1 of 3 replays at 300 steps
+# (benchmarks/RESULTS.md); R^2 was still rising as the learning rate decayed.
+OVERFIT_STEPS = 1000
 
 
 def overfit_config():
