@@ -130,14 +130,25 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     p.action_horizon = 15  # actions per chunk (DROID: 15)
     p.open_loop_steps = 8  # actions executed before re-planning (openpi's DROID client: 8)
     p.num_sampling_steps = 10  # Euler steps of the flow-matching sampler
+    # How the state reaches the model: "tokens" (openpi's pi0.5: 256 text bins in the prompt,
+    # as its checkpoints expect) or "continuous" (a Dense projection added to the action
+    # expert's tokens). tiny/sim: continuous, as the sim model trained from scratch ignored the
+    # text bins (issue 13); the prompt is then ~10 tokens, hence max_token_len 32.
+    p.state_input = "tokens" if paper else "continuous"
+    # True: the loss trains all 32 padded action dims, the padding towards 0 (openpi; its
+    # checkpoints were trained so). False: only the 8 real dims (the sampler then integrates
+    # the padding's exact flow). Either way `loss_arm` and `loss_gripper` are logged apart.
+    p.loss_on_padding = paper
+    # sim: 600 steps cost the CPU minutes 300 did before 64 px images and 32 prompt tokens
+    # (1.9x the steps/s); at 300 the loss was still falling as the learning rate decayed.
     p.train = _train_section(
-        steps=4 if tiny else (300 if sim else 2_000),
+        steps=4 if tiny else (600 if sim else 2_000),
         batch_size=2 if tiny else (32 if sim else 256),
         learning_rate=5e-5 if paper else 3e-4,
     )
     p.tokenizer_path = ""  # PaliGemma's SentencePiece model (paper); empty: train a small one
     p.tokenizer_vocab_size = 512  # pieces of that small model (then the model's vocab size)
-    p.max_token_len = 200 if paper else 64  # prompt tokens incl. the state bins (openpi: 200)
+    p.max_token_len = 200 if paper else 32  # prompt tokens incl. any state bins (openpi: 200)
     p.openpi_asset_id = "droid"  # norm stats of an openpi init_from: assets/<id>/norm_stats.json
 
     # --- Ctrl-World world model (vlaw/models/world_model) ------------------------------------

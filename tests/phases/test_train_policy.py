@@ -92,6 +92,8 @@ def test_train_policy_trains_on_collected_episodes(trained):
     metrics = _metrics(workdir)
     assert [m["step"] for m in metrics] == list(range(1, STEPS + 1))
     assert all(np.isfinite(m["loss"]) and m["loss"] > 0 for m in metrics)
+    # The real action dims' losses are logged apart (the tiny preset trains only those 8).
+    assert all(np.isfinite(m["loss_arm"]) and np.isfinite(m["loss_gripper"]) for m in metrics)
     # Demos weigh 1, the failed real rollouts 0 (Eq. 4): both in every batch, on average.
     assert 0 < summary["mean_weight"] < 1
     assert all(m["update_applied"] == 1.0 for m in metrics)

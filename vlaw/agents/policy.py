@@ -173,6 +173,8 @@ def model_overrides(config: ml_collections.ConfigDict, tokenizer_vocab: int) -> 
         dtype=str(p.train.compute_dtype),
         param_dtype=str(p.train.param_dtype),
         remat_policy=str(p.train.remat_policy),
+        state_input=str(p.state_input),
+        trained_action_dims=0 if p.loss_on_padding else droid.POLICY_ACTION_DIM,
     )
     preset_vocab = pi05.pi05_config(p.variant).vocab_size
     if not p.tokenizer_path:
@@ -195,22 +197,30 @@ class Preprocessor:
 
     `host_batch` maps a `weighted_policy_batches` batch to the arrays the loss reads: images
     (B, 3, H, W, 3) uint8 in CAMERA_SLOTS order, tokens (B, L) int32, token_mask (B, L) bool,
-    actions (B, H, action_dim) float32 (quantile-normalised, zero-padded), weight (B,).
+    state (B, 8) float32 (quantile-normalised), actions (B, H, action_dim) float32
+    (quantile-normalised, zero-padded), weight (B,). With `state_input` "continuous" the
+    prompt carries no state bins (the model reads `state`).
     """
 
     tokenizer: PaligemmaTokenizer
     stats: dict[str, norm_stats_lib.NormStats]
     action_dim: int
+    state_input: str = "tokens"
 
-    def tokens(self, prompts: Sequence[str], state: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def inputs(
+        self, prompts: Sequence[str], state: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """-> tokens (B, L), token_mask (B, L), normalised state (B, 8) float32."""
         normalized = transforms.normalize(
             np.asarray(state, np.float32), self.stats["state"], use_quantiles=True
-        )
-        return self.tokenizer.tokenize_batch(list(prompts), normalized)
+        ).astype(np.float32)
+        in_prompt = normalized if self.state_input == "tokens" else None
+        tokens, token_mask = self.tokenizer.tokenize_batch(list(prompts), in_prompt)
+        return tokens, token_mask, normalized
 
     def host_batch(self, batch: dict[str, Any]) -> dict[str, np.ndarray]:
         prompts = [p.decode() if isinstance(p, bytes) else str(p) for p in batch["prompt"]]
-        tokens, token_mask = self.tokens(prompts, batch["state"])
+        tokens, token_mask, state = self.inputs(prompts, batch["state"])
         actions = transforms.normalize(batch["actions"], self.stats["actions"], use_quantiles=True)
         padding = self.action_dim - actions.shape[-1]
         actions = np.pad(actions, [(0, 0), (0, 0), (0, padding)])  # openpi pads with zeros
@@ -218,13 +228,18 @@ class Preprocessor:
             "images": np.asarray(batch["images"])[:, _SLOT_INDEX],
             "tokens": tokens.astype(np.int32),
             "token_mask": token_mask,
+            "state": state,
             "actions": actions.astype(np.float32),
             "weight": np.asarray(batch["weight"], np.float32),
         }
 
 
 def device_observation(
-    model_config: pi05.Pi05Config, images: jax.Array, tokens: jax.Array, token_mask: jax.Array
+    model_config: pi05.Pi05Config,
+    images: jax.Array,
+    tokens: jax.Array,
+    token_mask: jax.Array,
+    state: jax.Array | None = None,
 ) -> pi05.Observation:
     """uint8 images (B, 3, H, W, 3) -> resized with padding to the model's size, in [-1, 1]."""
     size = model_config.image_size
@@ -234,6 +249,7 @@ def device_observation(
         image_masks=jnp.ones(images.shape[:2], bool),
         tokens=tokens,
         token_mask=token_mask,
+        state=state,
     )
 
 
@@ -243,14 +259,28 @@ def make_loss_fn(model: pi05.Pi05):
 
     def loss_fn(params, batch, rng):
         params = optim.cast_for_compute(params, config.dtype)
-        obs = device_observation(config, batch["images"], batch["tokens"], batch["token_mask"])
+        obs = device_observation(
+            config, batch["images"], batch["tokens"], batch["token_mask"], batch.get("state")
+        )
 
         def velocity(x_t, t):
             return model.apply({"params": params}, obs, x_t, t)
 
-        # All 32 dims are trained, padded ones towards 0, as openpi does (so its checkpoints
-        # fine-tune as they were trained, and `sample_actions` needs no action mask).
-        return flow_matching_loss(velocity, batch["actions"], rng, weights=batch["weight"])
+        # trained_action_dims 0: all 32 dims are trained, padded ones towards 0, as openpi does
+        # (so its checkpoints fine-tune as they were trained). Else only the real ones.
+        trained = config.trained_action_dims or config.action_dim
+        # The real dims' losses, logged apart (DROID: 7 joint velocities, then the gripper).
+        dims = jnp.arange(config.action_dim)
+        gripper = droid.POLICY_ACTION_DIM - 1
+        reported = {"arm": dims < gripper, "gripper": dims == gripper}
+        return flow_matching_loss(
+            velocity,
+            batch["actions"],
+            rng,
+            weights=batch["weight"],
+            action_mask=jnp.arange(config.action_dim) < trained,
+            dim_groups=reported,
+        )
 
     return loss_fn
 
@@ -346,6 +376,7 @@ def preprocessor_for(directory: str, model_config: pi05.Pi05Config) -> "Preproce
         PaligemmaTokenizer(os.path.join(directory, TOKENIZER_FILE), model_config.max_token_len),
         norm_stats_lib.load_norm_stats(os.path.join(directory, NORM_STATS_FILE)),
         model_config.action_dim,
+        model_config.state_input,
     )
 
 
@@ -389,14 +420,16 @@ def save_policy(
 
 
 @functools.partial(jax.jit, static_argnames=("model",))
-def _sample(model: pi05.Pi05, params, images, tokens, token_mask, rng, noise=None) -> jax.Array:
+def _sample(
+    model: pi05.Pi05, params, images, tokens, token_mask, state, rng, noise=None
+) -> jax.Array:
     """uint8 images (B, 3, H, W, 3), tokens/mask (B, L) -> normalised actions (B, H, A), from
     `noise` (B, H, A) when given, else from noise drawn with `rng`.
 
     Module-level, keyed on the (hashable) model: every policy of one configuration shares the
     compiled sampler, e.g. successive iterations' checkpoints in one process.
     """
-    obs = device_observation(model.config, images, tokens, token_mask)
+    obs = device_observation(model.config, images, tokens, token_mask, state)
     return pi05.sample_actions(model, params, obs, rng, noise=noise)
 
 
@@ -462,7 +495,7 @@ class TrainedPolicy:
         state = np.stack(
             [np.concatenate([obs.joint_position, obs.gripper_position]) for obs in observations]
         )
-        tokens, token_mask = self.preprocessor.tokens(
+        tokens, token_mask, state = self.preprocessor.inputs(
             [obs.instruction for obs in observations], state
         )
         if noise is not None:
@@ -478,7 +511,7 @@ class TrainedPolicy:
         elif rng is None:
             rng = jax.random.fold_in(self._rng, self._calls)
             self._calls += 1
-        normalized = _sample(self.model, self.params, images, tokens, token_mask, rng, noise)
+        normalized = _sample(self.model, self.params, images, tokens, token_mask, state, rng, noise)
         normalized = np.asarray(normalized)
         actions = transforms.unnormalize(
             normalized[..., : droid.POLICY_ACTION_DIM],

@@ -57,3 +57,9 @@ def tiny_policy():
     config = pi05_config("tiny", remat_policy="none")
     model = Pi05(config)
     return config, model, random_params(abstract_params(config)), jax.jit(model.apply)
+
+
+@pytest.fixture(scope="session")
+def make_params():
+    """make_params(config, seed=0) -> random parameters {"params": ...} for `Pi05(config)`."""
+    return lambda config, seed=0: random_params(abstract_params(config), seed)

@@ -125,3 +125,31 @@ def test_openpi_time_convention():
     probe = lambda x_t, t: x_t / t[:, None, None] + jnp.sqrt(t)[:, None, None]
     mean_t = flow_matching_loss(probe, many, jax.random.key(7))[0]
     np.testing.assert_allclose(mean_t, 0.6004, atol=6e-3)
+
+
+def test_dim_groups_report_each_group_apart_from_the_trained_loss():
+    actions, rng = _actions(8), jax.random.key(9)
+    arm, gripper = jnp.arange(A) < 3, jnp.arange(A) == 3  # dim 4 plays the padding
+
+    # An oracle off by 1 on the arm, by 2 on the gripper and by 3 on the padding.
+    offset = jnp.array([1.0, 1.0, 1.0, 2.0, 3.0])
+
+    def off(x_t, t):
+        return (x_t - actions) / t[:, None, None] + offset
+
+    groups = {"arm": arm, "gripper": gripper}
+    weights = jnp.array([1.0, 0.0, 1.0, 1.0])
+    loss, metrics = flow_matching_loss(off, actions, rng, weights=weights, dim_groups=groups)
+    np.testing.assert_allclose(metrics["loss_arm"], 1.0, rtol=1e-4)
+    np.testing.assert_allclose(metrics["loss_gripper"], 4.0, rtol=1e-4)
+    np.testing.assert_allclose(loss, (3 * 1 + 4 + 9) / 5, rtol=1e-4)  # all dims, unmasked
+    # The groups are reports only: the trained loss (masked or not) is unchanged by them.
+    masked, masked_metrics = flow_matching_loss(
+        off, actions, rng, action_mask=arm | gripper, dim_groups=groups
+    )
+    np.testing.assert_allclose(masked, (3 * 1 + 4) / 4, rtol=1e-4)
+    np.testing.assert_allclose(masked_metrics["loss_gripper"], 4.0, rtol=1e-4)
+    assert (
+        flow_matching_loss(off, actions, rng)[0]
+        == flow_matching_loss(off, actions, rng, dim_groups=groups)[0]
+    )

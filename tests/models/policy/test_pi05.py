@@ -171,3 +171,33 @@ def test_remat_policy_leaves_gradients_unchanged(tiny_policy, make_observation):
 
     want, got = grads("none"), grads("nothing_saveable")
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5, rtol=1e-4), got, want)
+
+
+def test_continuous_state_reaches_the_expert_and_the_sampler(make_observation, make_params):
+    config = pi05_config(
+        "tiny", remat_policy="none", state_input="continuous", trained_action_dims=3
+    )
+    model = Pi05(config)
+    params = make_params(config, seed=4)
+    assert params["params"]["state_proj"]["kernel"].shape == (config.action_dim, 32)
+    obs = make_observation(config, B, seed=5)
+    obs = obs.replace(state=jnp.asarray(np.random.default_rng(6).uniform(-1, 1, (B, 8))))
+    x = jax.random.normal(jax.random.key(3), (B, config.action_horizon, config.action_dim))
+    t = jnp.full((B,), 0.5)
+    velocity = jax.jit(model.apply)
+    moved = obs.replace(state=obs.state.at[:, 0].add(0.5))
+    assert np.abs(velocity(params, moved, x, t) - velocity(params, obs, x, t)).max() > 1e-4
+
+    # The cached sampler reads the state as the full pass does, and with trained_action_dims
+    # the untrained padded dims follow their exact flow to 0.
+    noise = jax.random.normal(jax.random.key(4), x.shape)
+    sampled = sample_actions(model, params, obs, jax.random.key(0), noise=noise)
+    np.testing.assert_allclose(sampled[..., 3:], 0.0, atol=1e-5)
+    expected = noise
+    for i in range(config.num_sampling_steps):
+        tt = jnp.full((B,), 1.0 - i / config.num_sampling_steps)
+        v = jnp.where(jnp.arange(config.action_dim) < 3, velocity(params, obs, expected, tt), noise)
+        expected = expected - v / config.num_sampling_steps
+    np.testing.assert_allclose(sampled, expected, atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="needs Observation.state"):
+        velocity(params, obs.replace(state=None), x, t)

@@ -5,7 +5,8 @@ Layout of one forward pass (shared/research/openpi.md §1.4-1.5):
   the tokenised prompt (which carries the discretised state, see tokenizer.py). One
   bidirectional block; masked cameras and padded text are excluded as keys and do not advance
   the RoPE positions (positions = cumsum(valid) - 1).
-- suffix: `action_horizon` tokens from the noisy action chunk x_t through `action_in_proj`; one
+- suffix: `action_horizon` tokens from the noisy action chunk x_t through `action_in_proj` (plus
+  `state_proj` of the state when `state_input` is "continuous", instead of state text); one
   block that attends to the prefix and to itself, never the other way round. The flow time t
   enters only through adaptive RMSNorm in the expert: sincos(t) -> Dense -> swish -> Dense ->
   swish gives the conditioning vector of every expert norm.
@@ -42,13 +43,16 @@ class Observation:
 
     images (B, num_images, S, S, 3) float in [-1, 1]; image_masks (B, num_images) bool (False for
     an absent camera, e.g. DROID's right wrist); tokens (B, L) int32 and token_mask (B, L) bool
-    from `tokenizer.PaligemmaTokenizer` (prompt with the discretised state).
+    from `tokenizer.PaligemmaTokenizer` (the prompt, with the discretised state when the config's
+    `state_input` is "tokens"); state (B, S) float, the normalised state, read only when
+    `state_input` is "continuous" (S <= action_dim; None otherwise).
     """
 
     images: Array
     image_masks: Array
     tokens: Array
     token_mask: Array
+    state: Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -65,6 +69,15 @@ class Pi05Config:
     dtype: str = "bfloat16"  # activations
     param_dtype: str = "float32"  # master weights
     remat_policy: str = "nothing_saveable"  # jax.checkpoint_policies name; "none" disables
+    # How the robot state reaches the model. "tokens" (openpi's pi0.5): as 256 text bins in the
+    # prompt. "continuous": the normalised state, zero-padded to action_dim, through a Dense
+    # layer (`state_proj`) added to every action token of the expert, so the action expert reads
+    # it at full precision (the prompt then carries no state).
+    state_input: str = "tokens"
+    # Leading action dims the loss trains (0: all action_dim, openpi's convention, in which the
+    # padded dims are trained towards 0). With k > 0 the velocity of dims >= k is never trained,
+    # and `sample_actions` integrates their exact flow instead (see its docstring).
+    trained_action_dims: int = 0
 
     @property
     def image_size(self) -> int:
@@ -85,10 +98,12 @@ _PRESETS = {
         dtype="float32",
     ),
     # CPU-trainable in minutes; PaliGemma's vocabulary so the real tokenizer works unchanged
-    # (the embedding is then most of the ~75M parameters, but a lookup is cheap).
+    # (the embedding is then most of the ~75M parameters, but a lookup is cheap). Images at the
+    # sim station's own 64x64 (16 tokens each): upsampling to 96 gave 36 tokens of no new
+    # information and cost 1.35x per train step (benchmarks/RESULTS.md).
     "sim": Pi05Config(
         siglip=SiglipConfig(
-            width=192, depth=4, mlp_dim=768, num_heads=3, patch_size=16, image_size=96
+            width=192, depth=4, mlp_dim=768, num_heads=3, patch_size=16, image_size=64
         ),
         llm=GemmaConfig(width=256, depth=4, mlp_dim=1024, num_heads=4, num_kv_heads=1, head_dim=64),
         expert=GemmaConfig(
@@ -172,7 +187,11 @@ class Pi05(nn.Module):
             (c.llm, expert), c.vocab_size, dtype, param_dtype, c.remat_policy
         )
         width = c.expert.width
+        if c.state_input not in ("tokens", "continuous"):
+            raise ValueError(f"state_input {c.state_input!r}: choose 'tokens' or 'continuous'")
         self.action_in_proj = _dense(width, (None, "embed"), dtype, param_dtype, "action_in_proj")
+        if c.state_input == "continuous":
+            self.state_proj = _dense(width, (None, "embed"), dtype, param_dtype, "state_proj")
         self.time_mlp_in = _dense(width, ("embed", "mlp"), dtype, param_dtype, "time_mlp_in")
         self.time_mlp_out = _dense(width, ("mlp", "embed"), dtype, param_dtype, "time_mlp_out")
         self.action_out_proj = _dense(
@@ -196,9 +215,14 @@ class Pi05(nn.Module):
         mask = jnp.concatenate([image_mask, obs.token_mask.astype(bool)], axis=1)
         return tokens, mask
 
-    def embed_suffix(self, x_t: Array, t: Array) -> tuple[Array, Array]:
-        """x_t (B, H, A), t (B,) -> action tokens (B, H, We), adaRMS conditioning (B, We)."""
+    def embed_suffix(self, x_t: Array, t: Array, state: Array | None = None) -> tuple[Array, Array]:
+        """x_t (B, H, A), t (B,), state (B, S) -> action tokens (B, H, We), adaRMS cond (B, We)."""
         tokens = self.action_in_proj(x_t)
+        if self.config.state_input == "continuous":
+            if state is None:
+                raise ValueError("state_input='continuous' needs Observation.state")
+            padded = jnp.pad(state, [(0, 0), (0, self.config.action_dim - state.shape[-1])])
+            tokens = tokens + self.state_proj(padded.astype(x_t.dtype))[:, None, :]
         emb = posemb_sincos(t, self.config.expert.width)
         # swish after both layers (openpi.md §9).
         cond = nn.swish(self.time_mlp_out(nn.swish(self.time_mlp_in(emb))))
@@ -207,7 +231,7 @@ class Pi05(nn.Module):
     def __call__(self, obs: Observation, x_t: Array, t: Array) -> Array:
         """Velocity v(x_t, t | obs): (B, H, A) float32, one pass over prefix and suffix."""
         prefix, prefix_mask = self.embed_prefix(obs)
-        suffix, cond = self.embed_suffix(x_t, t)
+        suffix, cond = self.embed_suffix(x_t, t, obs.state)
         batch, horizon = x_t.shape[:2]
         input_mask = jnp.concatenate([prefix_mask, jnp.ones((batch, horizon), bool)], axis=1)
         # The first action token opens a new block: the prefix never sees the actions.
@@ -226,10 +250,15 @@ class Pi05(nn.Module):
         return kv_cache, prefix_mask
 
     def velocity_from_cache(
-        self, kv_cache: KVCache, prefix_mask: Array, x_t: Array, t: Array
+        self,
+        kv_cache: KVCache,
+        prefix_mask: Array,
+        x_t: Array,
+        t: Array,
+        state: Array | None = None,
     ) -> Array:
         """Velocity (B, H, A) from the action expert alone, reading the cached prefix keys."""
-        suffix, cond = self.embed_suffix(x_t, t)
+        suffix, cond = self.embed_suffix(x_t, t, state)
         batch, horizon = x_t.shape[:2]
         # Every action token sees all valid prefix tokens and every action token.
         to_prefix = jnp.broadcast_to(
@@ -253,6 +282,7 @@ def fake_observation(config: Pi05Config, batch: int = 1) -> Observation:
         image_masks=jnp.ones((batch, config.num_images), bool),
         tokens=jnp.zeros((batch, config.max_token_len), jnp.int32),
         token_mask=jnp.ones((batch, config.max_token_len), bool),
+        state=jnp.zeros((batch, config.action_dim), jnp.float32),
     )
 
 
@@ -292,9 +322,12 @@ def sample_actions(
     velocity on padded dims was never trained. Padded dims hold zeros in the data, so their exact
     flow is x_t = t * noise with velocity = noise; using it keeps the padded inputs on the
     training distribution instead of letting untrained outputs drift into the real dims. The
-    padded dims of the result are then 0. Leave it None for a model trained on all dims (openpi).
+    padded dims of the result are then 0. None: the config's `trained_action_dims` decides (all
+    dims when 0, as openpi trains them).
     """
     c = model.config
+    if action_mask is None and c.trained_action_dims:
+        action_mask = jnp.arange(c.action_dim) < c.trained_action_dims
     num_steps = c.num_sampling_steps if num_steps is None else num_steps
     batch = obs.tokens.shape[0]
     if noise is None:
@@ -304,7 +337,9 @@ def sample_actions(
 
     def step(i, x):
         t = jnp.full((batch,), 1.0 + i * dt, jnp.float32)
-        v = model.apply(params, kv_cache, prefix_mask, x, t, method=Pi05.velocity_from_cache)
+        v = model.apply(
+            params, kv_cache, prefix_mask, x, t, obs.state, method=Pi05.velocity_from_cache
+        )
         if action_mask is not None:
             v = jnp.where(action_mask, v, noise)
         return x + dt * v

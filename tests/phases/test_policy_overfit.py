@@ -1,0 +1,109 @@
+"""The overfit gate of issue 13: at the sim preset, a policy trained on 3 scripted
+demonstrations must reproduce them.
+
+Two checks on one trained checkpoint: its sampled arm actions fit its own training chunks
+(R^2 > 0.95 over the 7 joint velocities, every step of every demo, in the station's units), and
+rolled out from the demos' own layouts (the same seeds) it succeeds. A policy that cannot do
+this cannot learn from 25 demos either, whatever else is wrong.
+
+The demos are the scripted expert's without injected noise (`sim.expert_noise = 0`): at the
+preset's 0.3 the arm commands carry per-step Gaussian noise that no observation explains, and
+even without it ~20 % of the arm actions' variance is step-to-step (the expert's closed loop
+reacting to joint velocities the policy does not observe; benchmarks/RESULTS.md, "Policy at
+the sim preset"). Slow: the sim preset's model trains for OVERFIT_STEPS steps on the CPU.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+from vlaw import pipeline
+from vlaw import workdir as workdir_lib
+from vlaw.agents import policy as policy_lib
+from vlaw.config import experiment_config
+from vlaw.data import droid, rlds_read, transforms
+from vlaw.rollout.episodes import policy_episodes, task_pools
+from vlaw.rollout.station import Observation
+
+pytestmark = pytest.mark.slow
+
+NUM_DEMOS = 3
+# Not yet seen to pass: the recipe reached R^2 0.32 and 1 of 3 replays at 300 steps
+# (benchmarks/RESULTS.md); R^2 was still rising as the learning rate decayed.
+OVERFIT_STEPS = 1000
+
+
+def overfit_config():
+    """The sim preset as it is, on 3 noise-free scoop demos, trained long enough to memorise
+    them."""
+    config = experiment_config(("scoop",), "sim")
+    config.loop.warmstart_demos_per_task = NUM_DEMOS
+    config.sim.expert_noise = 0.0  # demonstrations whose arm commands the scene explains
+    config.policy.train.steps = OVERFIT_STEPS
+    config.policy.train.warmup_steps = 20
+    config.ckpt.save_every_steps = OVERFIT_STEPS
+    return config
+
+
+@pytest.fixture(scope="module")
+def overfit(tmp_path_factory):
+    import tensorflow as tf  # noqa: F401  (in play in this process, as in the real phase)
+
+    workdir = str(tmp_path_factory.mktemp("policy_overfit"))
+    config = overfit_config()
+    pipeline.run_phase("collect", config, workdir, iteration=0)  # the demonstrations alone
+    demos = list(rlds_read.read_episodes(os.path.join(workdir, "demos")))
+    assert len(demos) == NUM_DEMOS and all(d.metadata.success for d in demos)
+    summary = pipeline.run_phase("train_policy", config, workdir, iteration=0)
+    directory = workdir_lib.checkpoint_dir(workdir, "policy", 0)
+    return config, workdir, demos, summary, policy_lib.load_policy(directory)
+
+
+def _observation(episode, t: int) -> Observation:
+    return Observation(
+        images={name: episode.observation[f"observation/{name}"][t] for name in droid.CAMERA_NAMES},
+        joint_position=episode.observation["observation/joint_position"][t],
+        gripper_position=episode.observation["observation/gripper_position"][t],
+        cartesian_position=episode.observation["observation/cartesian_position"][t],
+        instruction=episode.instruction,
+    )
+
+
+def arm_r2(policy, episodes, batch: int = 32) -> float:
+    """R^2 of the policy's sampled arm actions against every training chunk (pooled over the 7
+    joints, each joint's own mean as the baseline), in the station's action units."""
+    predicted, target = [], []
+    for episode in episodes:
+        actions = droid.policy_actions(episode.action_dict)
+        chunks = transforms.chunk_actions(actions, policy.config.action_horizon)
+        for start in range(0, len(actions), batch):
+            steps = range(start, min(start + batch, len(actions)))
+            predicted.append(policy([_observation(episode, t) for t in steps])[..., :7])
+            target.append(chunks[start : start + len(steps), :, :7])
+    predicted, target = np.concatenate(predicted), np.concatenate(target)
+    residual = np.sum((predicted - target) ** 2)
+    total = np.sum((target - target.mean(axis=(0, 1))) ** 2)
+    return float(1.0 - residual / total)
+
+
+def test_policy_fits_its_three_demos(overfit):
+    _, _, demos, summary, policy = overfit
+    assert summary["step"] == OVERFIT_STEPS
+    assert arm_r2(policy, demos) > 0.95
+
+
+def test_policy_replays_its_three_demos_in_the_simulator(overfit):
+    config, _, _, _, policy = overfit
+    specs = workdir_lib.task_specs(config, "demo", 0, NUM_DEMOS)  # the demos' own layouts
+    successes = []
+    for pool, task_specs_ in task_pools(config, specs):
+        for episode in policy_episodes(
+            pool,
+            policy,
+            task_specs_,
+            max_steps=config.sim.max_steps,
+            open_loop_steps=config.policy.open_loop_steps,
+        ):
+            successes.append(bool(episode.metadata.success))
+    assert sum(successes) == NUM_DEMOS, successes
