@@ -247,6 +247,8 @@ def test_init_from_an_openpi_checkpoint(collected, tmp_path):
 
     _, workdir, _ = collected
     config = _config()  # a fresh copy: init_from is set below
+    # openpi's checkpoints read the state as text bins and train every action dim.
+    config.policy.state_input, config.policy.loss_on_padding = "tokens", True
     openpi_dir = str(tmp_path / "openpi")
     overrides = dict(policy_lib.model_overrides(config, config.policy.tokenizer_vocab_size))
     abstract = nn.unbox(pi05.abstract_params(pi05.pi05_config("tiny", **overrides)))["params"]

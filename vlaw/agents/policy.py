@@ -316,6 +316,12 @@ def prepare_checkpoint_dir(
     os.makedirs(directory, exist_ok=True)
     if start_kind == "init_from":
         start_kind = "openpi" if is_openpi_checkpoint(start_path) else "vlaw"
+    if start_kind == "openpi" and config.policy.state_input != "tokens":
+        raise ValueError(
+            f"{start_path} is an openpi checkpoint, trained with the state as text bins: set "
+            "--config.policy.state_input=tokens (and --config.policy.loss_on_padding=True, "
+            "openpi's loss) to fine-tune it"
+        )
     init = {"kind": start_kind, "path": start_path}
 
     # A vlaw policy checkpoint we start from brings its tokenizer (whose ids its embedding
