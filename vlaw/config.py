@@ -123,6 +123,30 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     # Station episodes per task for each evaluated policy, on layouts no training phase uses
     # (the same layouts for every iteration, so policies are compared on equal footing).
     ev.episodes_per_task = 2 if tiny else (50 if sim else 20)
+    # World-model checks after the station episodes, from iteration 1 on (a world model exists):
+    # action replay, event confusion and the world model as a policy evaluator, in the report.
+    ev.world_model_checks = True
+    ev.camera = "wrist_image_left"  # replay scores' view (Table 1: the wrist camera)
+    # Action replay (Table 1): clips of this iteration's evaluate episodes (held out from every
+    # trainer), each replayed for `replay_seconds` from an evenly spread start. Paper: 256 clips
+    # of 5 s. tiny: episodes last 2 s (sim.max_steps 30); sim: 16 clips keep evaluate to minutes.
+    ev.replay_clips = 2 if tiny else (16 if sim else 256)
+    ev.replay_seconds = 2.0 if tiny else 5.0
+    # Event confusion (Table 1, right): whole evaluate episodes replayed from their first frame
+    # (paper: 50 interaction clips); the imagined outcome is the reward model's decision unless
+    # this JSON file ({clip id: true|false}, ids as the report lists them) labels the clip.
+    ev.confusion_clips = 2 if tiny else (16 if sim else 50)
+    ev.confusion_labels = ""
+    # LPIPS: an `lpips.LPIPS` state dict (torch file holding backbone and heads, BUILD.md
+    # "Video-metric networks"); empty: LPIPS is not computed and the report says so.
+    ev.lpips_weights = ""
+    ev.lpips_backbone = "alex"  # the LPIPS paper's recommended forward metric
+    # The world model as a policy evaluator: every evaluated policy of the run imagined from the
+    # first frames of iteration 0's evaluate episodes (the same starts for all), starts x
+    # rollouts per task each, decided by the reward model. tiny: one batch per policy.
+    ev.evaluator_starts_per_task = 1 if tiny else (2 if sim else 10)
+    ev.evaluator_rollouts_per_start = 2 if tiny else (4 if sim else 5)
+    ev.report_clips = 2 if tiny else 4  # replayed clips and rollout grids drawn in the report
 
     # --- pi0.5 policy (vlaw/models/policy) ---------------------------------------------------
     c.policy = p = ml_collections.ConfigDict()

@@ -14,7 +14,8 @@ datasets each phase reads, where each model starts, the phases' seeds, and atomi
       checkpoints/reward/iter_NN/      `train_reward` (iteration 1; later ones reuse it)
       checkpoints/dsrl/iter_NN/        `train_dsrl` (method "dsrl": SAC state, replay, dsrl.json)
       assets/                          files a run makes once (the small policy tokenizer)
-      reports/iter_NN/                 `evaluate`'s metrics
+      reports/iter_NN/                 `evaluate`'s metrics, world-model checks, report.html
+      reports/index.html               links every iteration's report
 
 Phases read and write the run directory through this module only, so "which data, which
 weights, which seed for phase X at iteration k" has one answer, and its JSON files are written
@@ -71,6 +72,23 @@ def assets_dir(workdir: str) -> str:
 
 def reports_dir(workdir: str, iteration: int) -> str:
     return os.path.join(workdir, "reports", f"iter_{iteration:02d}")
+
+
+def report_file(workdir: str, iteration: int, name: str) -> str:
+    """A file of iteration NN's report (metrics.json, world_model.json, report.html, ...)."""
+    return os.path.join(reports_dir(workdir, iteration), name)
+
+
+def reports_index(workdir: str) -> str:
+    """The run's page linking every iteration's report.html."""
+    return os.path.join(workdir, "reports", "index.html")
+
+
+def report_iterations(workdir: str) -> list[int]:
+    """The iterations that have a reports/iter_NN directory, in order."""
+    root = os.path.join(workdir, "reports")
+    names = os.listdir(root) if os.path.isdir(root) else []
+    return sorted(int(n[5:]) for n in names if n.startswith("iter_") and n[5:].isdigit())
 
 
 def checkpoint_dir(workdir: str, model: str, iteration: int | None = None) -> str:
@@ -199,6 +217,8 @@ _SEED_STREAMS = {
     "residual_scale": (5, 3),  # iteration 0 only: measured once, carried forward
     "imagine": (6,),
     "evaluate": (7,),  # the evaluated policy's sampling noise
+    # evaluate's world-model checks: action replay, event confusion, policies in imagination
+    "evaluate_world_model": (7, 1),
     "train_dsrl": (8, 1),  # method "dsrl": SAC initialisation, updates and replay sampling
     "dsrl_explore": (8, 2),  # method "dsrl": the noise its rollouts explore with
 }

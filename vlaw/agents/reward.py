@@ -18,7 +18,7 @@ import functools
 import glob
 import json
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 import flax.linen as nn
@@ -271,6 +271,70 @@ def _episode_clips(layouts, camera: str, num_frames: int):
             yield key, clip, rlds_read.instruction_from_raw(raw), metadata.success, metadata.source
 
 
+def score_clips(
+    clips: Iterable[tuple[np.ndarray, str]],
+    *,
+    params: Any,
+    model_cfg: Qwen3VLConfig,
+    tokenizer: Any,
+    length: int,
+    batch_size: int,
+    total: int | None = None,
+    progress: bool = True,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(P(yes), P(no)), (N,) float32 each, of N (clip (num_frames, H, W, 3) uint8, instruction)
+    pairs, the clips already sampled (`uniform_frame_indices`).
+
+    `params` are cast to `model_cfg.dtype` once and replicated over `mesh_lib.rows_mesh`,
+    whose devices each score their rows of a batch; `length` is the padded prompt length
+    (`prompt_length`). The last batch is padded by repeating its last clip (the padding's
+    scores are dropped), so the jitted function sees one shape. `clips` is consumed lazily:
+    the host prepares the next batch while the device runs the previous one.
+    """
+    yes, no = answer_token_ids(tokenizer)
+    mesh = mesh_lib.rows_mesh(batch_size)
+    rows = NamedSharding(mesh, PartitionSpec("data"))
+    cast = functools.partial(optim.cast_floating, dtype=model_cfg.dtype)
+    params = jax.device_put(jax.jit(cast)(params), NamedSharding(mesh, PartitionSpec()))
+    score = functools.partial(
+        answer_probabilities, config=model_cfg, yes_token_id=yes, no_token_id=no
+    )
+    outputs = []
+    pending: list[tuple[np.ndarray, str]] = []
+
+    def flush() -> None:
+        real = len(pending)
+        batch = pending + [pending[-1]] * (batch_size - real)
+        inputs = model_inputs(
+            tokenizer,
+            [c for c, _ in batch],
+            [t for _, t in batch],
+            model_cfg=model_cfg,
+            length=length,
+        )
+        # Dispatch is asynchronous: the next batch is decoded while this one runs.
+        inputs = jax.device_put(inputs, rows)
+        p_yes, p_no = score(params, inputs["input_ids"], inputs["frames"], inputs["attention_mask"])
+        outputs.append((p_yes, p_no, real))
+        pending.clear()
+
+    with tqdm(total=total, unit="clip", desc="reward", disable=not progress) as bar:
+        for clip, instruction in clips:
+            pending.append((clip, instruction))
+            if len(pending) == batch_size:
+                flush()
+                bar.update(batch_size)
+        if pending:
+            bar.update(len(pending))
+            flush()
+        fetched = jax.device_get(outputs)  # the one device->host read
+    if not fetched:
+        return np.zeros(0, np.float32), np.zeros(0, np.float32)
+    p_yes = np.concatenate([y[:n] for y, _, n in fetched]).astype(np.float32)
+    p_no = np.concatenate([q[:n] for _, q, n in fetched]).astype(np.float32)
+    return p_yes, p_no
+
+
 def score_episodes(
     dataset_dirs: Sequence[str],
     *,
@@ -283,54 +347,30 @@ def score_episodes(
     batch_size: int,
     progress: bool = True,
 ) -> EpisodeScores:
-    """Scores every episode of `dataset_dirs` with the reward model.
-
-    `params` are cast to `model_cfg.dtype` once and replicated over `mesh_lib.rows_mesh`,
-    whose devices each score their rows of a batch; `length` is the padded prompt length
-    (`prompt_length`). The last batch is padded by repeating its last episode (the padding's
-    scores are dropped), so the jitted function sees one shape.
-    """
+    """Scores every episode of `dataset_dirs` with the reward model (`score_clips` on
+    `num_frames` uniformly sampled frames of `camera`)."""
     layouts = [rlds_read.open_dataset(d) for d in dataset_dirs]
-    total = sum(layout.num_episodes for layout in layouts)
-    yes, no = answer_token_ids(tokenizer)
-    mesh = mesh_lib.rows_mesh(batch_size)
-    rows = NamedSharding(mesh, PartitionSpec("data"))
-    cast = functools.partial(optim.cast_floating, dtype=model_cfg.dtype)
-    params = jax.device_put(jax.jit(cast)(params), NamedSharding(mesh, PartitionSpec()))
-    score = functools.partial(
-        answer_probabilities, config=model_cfg, yes_token_id=yes, no_token_id=no
-    )
-    outputs, keys, success, source = [], [], [], []
-    pending: list[tuple[np.ndarray, str]] = []
+    keys, success, source = [], [], []
 
-    def flush() -> None:
-        real = len(pending)
-        clips = [c for c, _ in pending] + [pending[-1][0]] * (batch_size - real)
-        texts = [t for _, t in pending] + [pending[-1][1]] * (batch_size - real)
-        inputs = model_inputs(tokenizer, clips, texts, model_cfg=model_cfg, length=length)
-        # Dispatch is asynchronous: the next batch is decoded while this one runs.
-        inputs = jax.device_put(inputs, rows)
-        p_yes, p_no = score(params, inputs["input_ids"], inputs["frames"], inputs["attention_mask"])
-        outputs.append((p_yes, p_no, real))
-        pending.clear()
-
-    with tqdm(total=total, unit="episode", desc="reward", disable=not progress) as bar:
+    def clips():
         for key, clip, instruction, label, src in _episode_clips(layouts, camera, num_frames):
-            pending.append((clip, instruction))
             keys.append(key)
             success.append(label)
             source.append(src)
-            if len(pending) == batch_size:
-                flush()
-                bar.update(batch_size)
-        if pending:
-            bar.update(len(pending))
-            flush()
-        fetched = jax.device_get(outputs)  # the one device->host read
+            yield clip, instruction
+
+    p_yes, p_no = score_clips(
+        clips(),
+        params=params,
+        model_cfg=model_cfg,
+        tokenizer=tokenizer,
+        length=length,
+        batch_size=batch_size,
+        total=sum(layout.num_episodes for layout in layouts),
+        progress=progress,
+    )
     if not keys:
         raise ValueError(f"no episodes in {list(dataset_dirs)}")
-    p_yes = np.concatenate([y[:n] for y, _, n in fetched]).astype(np.float32)
-    p_no = np.concatenate([q[:n] for _, q, n in fetched]).astype(np.float32)
     return EpisodeScores(
         p_yes=p_yes,
         p_no=p_no,
@@ -361,4 +401,48 @@ def score_episodes_for_config(
         length=length,
         batch_size=r.label_batch_size,
         progress=r.progress,
+    )
+
+
+@dataclasses.dataclass
+class RewardScorer:
+    """A loaded reward model with the run's prompt settings, for clips evaluation makes itself
+    (imagined or replayed in the world model) rather than reads from a dataset."""
+
+    params: Any
+    model_cfg: Qwen3VLConfig
+    tokenizer: Any
+    config: ml_collections.ConfigDict
+    params_from: str  # the checkpoint directory (or init_from) the weights came from
+
+    def p_yes(self, videos: Sequence[np.ndarray], instructions: Sequence[str]) -> np.ndarray:
+        """(N,) P(yes) of N episodes' 15 Hz frames of `reward.camera`, each (T, H, W, 3) uint8
+        of one size, `reward.num_frames` sampled uniformly as `label` samples them."""
+        if not videos:
+            return np.zeros(0, np.float32)
+        r = self.config.reward
+        length = prompt_length(self.tokenizer, self.model_cfg, videos[0].shape[1:3], self.config)
+        clips = (
+            (video[uniform_frame_indices(len(video), r.num_frames)], instruction)
+            for video, instruction in zip(videos, instructions, strict=True)
+        )
+        p_yes, _ = score_clips(
+            clips,
+            params=self.params,
+            model_cfg=self.model_cfg,
+            tokenizer=self.tokenizer,
+            length=length,
+            batch_size=int(r.label_batch_size),
+            total=len(videos),
+            progress=bool(r.progress),
+        )
+        return p_yes
+
+
+def load_reward_scorer(config: ml_collections.ConfigDict, directory: str | None) -> RewardScorer:
+    """`load_trained_params` (the newest checkpoint in `directory`, else `reward.train.init_from`)
+    with the run's model config and tokenizer."""
+    params, params_from = load_trained_params(config, directory)
+    return RewardScorer(
+        params, model_config(config), reward_tokenizer(config), config, str(params_from)
     )

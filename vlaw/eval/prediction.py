@@ -53,7 +53,7 @@ def evaluation_windows(
         )
         steps = np.concatenate([idx["history"], idx["future"]], axis=1)  # (N, T)
         cams = np.stack([episode.observation[f"observation/{n}"] for n in droid.CAMERA_NAMES], 1)
-        frames.append(_resize(cams, image_size)[steps])
+        frames.append(resize_frames(cams, image_size)[steps])
         poses.append(droid.world_model_poses(episode.observation)[steps])
         instructions += [episode.instruction] * len(starts)
     return {
@@ -63,7 +63,7 @@ def evaluation_windows(
     }
 
 
-def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+def resize_frames(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """(..., H, W, 3) uint8 -> (..., h, w, 3) uint8, antialiased (as the training pipeline)."""
     if images.shape[-3:-1] == tuple(size):
         return images

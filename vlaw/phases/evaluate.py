@@ -11,6 +11,11 @@ through the Station protocol (`vlaw.rollout.episodes`), are recorded as RLDS to
 figures go to `reports/iter_NN/metrics.json` and are printed as a table. With
 `config.method = "dsrl"`, iteration k >= 1 evaluates the base policy steered by iteration k's
 noise policy (`vlaw.baselines.dsrl.load_steered_policy`).
+
+Then, with `evaluate.world_model_checks`, the world model is checked against the station
+(action replay, event confusion, the world model as a policy evaluator:
+`vlaw.phases.evaluate_report`) into `reports/iter_NN/world_model.json`, and the iteration's
+`report.html` and the run's `reports/index.html` are written.
 """
 
 import collections
@@ -51,6 +56,7 @@ def evaluate_phase(config: ml_collections.ConfigDict, workdir: str, iteration: i
     record = station_recorder(config)
     from vlaw.agents import policy as policy_agent  # JAX: only once a policy acts
     from vlaw.baselines import dsrl  # JAX too (method "dsrl": a steered base policy)
+    from vlaw.phases import evaluate_report  # JAX too (the world model, the report's curves)
 
     if config.method == "dsrl" and iteration > 0:
         # DSRL: the base policy steered by this iteration's noise policy (loaded below).
@@ -91,4 +97,8 @@ def evaluate_phase(config: ml_collections.ConfigDict, workdir: str, iteration: i
     table = success_table([(metrics["policy"], per_task)], list(per_task))
     logging.info("evaluate iter_%02d (%s):\n%s", iteration, path, table)
     print(table, flush=True)
+    if config.evaluate.world_model_checks:
+        evaluate_report.write_world_model_checks(config, workdir, iteration)
+    report = evaluate_report.write_reports(workdir, iteration)
+    logging.info("evaluate iter_%02d: report %s", iteration, report)
     return metrics

@@ -26,6 +26,7 @@ Noise: `imagine_batch`'s policy and world-model keys derive from its `rng` alone
 folded with the interaction), so a batch imagines the same episodes whenever it runs.
 """
 
+import dataclasses
 import functools
 from collections.abc import Sequence
 
@@ -40,7 +41,7 @@ from vlaw.data.episode import Episode, EpisodeMetadata
 from vlaw.models.world_model import ctrl_world as cw
 from vlaw.models.world_model import kinematics
 from vlaw.models.world_model.vae import encode_latents
-from vlaw.rollout.imagine_plan import Rollout
+from vlaw.rollout.imagine_plan import Rollout, StartState
 from vlaw.rollout.station import Observation
 from vlaw.train import mesh as mesh_lib
 
@@ -142,37 +143,50 @@ def _episode(rollout: Rollout, frames, joints, poses, stride: int, checkpoint: s
     return episode
 
 
-def imagine_batch(
+@dataclasses.dataclass(frozen=True)
+class ImaginedArrays:
+    """B rollouts imagined for K interactions of S robot steps each (T = K * S)."""
+
+    frames: np.ndarray  # (B, 1 + K * (F - 1), V, H, W, 3) uint8: the start, then 5 Hz frames
+    joints: np.ndarray  # (B, T + 1, 7) float64: integrated joint positions, start first
+    poses: np.ndarray  # (B, T + 1, 7) float64: their FK poses, commanded gripper last
+
+
+def imagine_frames(
     world,
     policy,
-    rollouts: Sequence[Rollout],
+    starts: Sequence[StartState],
     *,
     config,
     rng: jax.Array,
+    interactions: int | None = None,
     bar=None,
     mesh: Mesh | None = None,
-) -> list[Episode]:
-    """Closed-loop imagination of B rollouts (`world`: a `TrainedWorldModel`, `policy`: a
-    `TrainedPolicy`, called with an explicit key). Returns their B episodes; their noise
-    depends on `rng` alone.
+) -> ImaginedArrays:
+    """Closed-loop imagination of B rollouts from `starts` (`world`: a `TrainedWorldModel`;
+    `policy(observations, rng=key)` -> (B, H, 8) actions, e.g. a `TrainedPolicy`, or recorded
+    actions replayed chunk by chunk). `interactions` defaults to `loop.imagine_interactions`;
+    the noise depends on `rng` alone.
 
     `mesh` (default: `vlaw.train.mesh.rows_mesh(B)`): the world model's memory, poses and text
     are split over its "data" axis and its parameters replicated, so every device imagines
     B / n rows of each chunk (the loop's dominant cost); the policy acts on the gathered
     frames."""
-    mesh = mesh_lib.rows_mesh(len(rollouts)) if mesh is None else mesh
+    mesh = mesh_lib.rows_mesh(len(starts)) if mesh is None else mesh
     rows = NamedSharding(mesh, PartitionSpec("data"))
     replicated = NamedSharding(mesh, PartitionSpec())
     params = jax.device_put(world.params, replicated)
     cfg, stride = world.model.config, int(config.world_model.frame_stride)
-    interactions, steps = int(config.loop.imagine_interactions), steps_per_interaction(config)
+    if interactions is None:
+        interactions = int(config.loop.imagine_interactions)
+    steps = steps_per_interaction(config)
     camera_size = (int(config.data.image_height), int(config.data.image_width))
     tool = jnp.asarray(kinematics.station_tool_transform(bool(config.sim.enabled)))
-    instructions = [r.start.instruction for r in rollouts]
+    instructions = [s.instruction for s in starts]
     text = jax.device_put(world.text(instructions), rows)
-    joints = np.stack([r.start.joint_position for r in rollouts]).astype(np.float64)
-    gripper = np.stack([r.start.gripper_position for r in rollouts]).astype(np.float64)
-    camera = np.stack([r.start.images for r in rollouts])  # the policy's first look: real frames
+    joints = np.stack([s.joint_position for s in starts]).astype(np.float64)
+    gripper = np.stack([s.gripper_position for s in starts]).astype(np.float64)
+    camera = np.stack([s.images for s in starts])  # the policy's first look: real frames
     first, latents = encode_start(
         world.vae, params["vae"], jax.device_put(camera, rows), size=world.pixel_size
     )
@@ -192,7 +206,7 @@ def imagine_batch(
                 cartesian_position=pose[b, :6],
                 instruction=instructions[b],
             )
-            for b in range(len(rollouts))
+            for b in range(len(starts))
         ]
         policy_key = jax.random.fold_in(policy_rng, i)
         actions = np.asarray(policy(observations, rng=policy_key), np.float64)[:, :steps]
@@ -218,7 +232,26 @@ def imagine_batch(
         if bar is not None:
             bar.update(1)
     frames, path, poses = (np.concatenate(x, axis=1) for x in (frames, path, poses))
+    return ImaginedArrays(frames, path, poses)
+
+
+def imagine_batch(
+    world,
+    policy,
+    rollouts: Sequence[Rollout],
+    *,
+    config,
+    rng: jax.Array,
+    bar=None,
+    mesh: Mesh | None = None,
+) -> list[Episode]:
+    """`imagine_frames` of B planned rollouts with a `TrainedPolicy`, as their B episodes."""
+    starts = [r.start for r in rollouts]
+    imagined = imagine_frames(world, policy, starts, config=config, rng=rng, bar=bar, mesh=mesh)
+    stride = int(config.world_model.frame_stride)
     return [
-        _episode(r, frames[b], path[b], poses[b], stride, policy.checkpoint)
+        _episode(
+            r, imagined.frames[b], imagined.joints[b], imagined.poses[b], stride, policy.checkpoint
+        )
         for b, r in enumerate(rollouts)
     ]
