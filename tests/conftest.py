@@ -33,3 +33,105 @@ def record_real_rollouts():
         return directory
 
     return record
+
+
+# --------------------------------------------------------------------------------------------
+# HTML reports: every relative link resolves, and a real headless Chromium renders the images.
+
+CHROMIUM = "/usr/bin/chromium"
+
+
+def linked_paths(html_path: str) -> list[str]:
+    """The local files an HTML page refers to (img src, a href), resolved beside it; absolute
+    URLs and in-page anchors are reported as themselves, so a test can refuse them."""
+    from html.parser import HTMLParser
+
+    class Links(HTMLParser):
+        def __init__(self):
+            super().__init__()
+            self.found = []
+
+        def handle_starttag(self, tag, attrs):
+            wanted = {"img": "src", "a": "href"}.get(tag)
+            for name, value in attrs:
+                if name == wanted and value is not None:
+                    self.found.append(value)
+
+    parser = Links()
+    with open(html_path, encoding="utf-8") as f:
+        parser.feed(f.read())
+    base = os.path.dirname(html_path)
+    return [
+        link if ":" in link else os.path.normpath(os.path.join(base, link)) for link in parser.found
+    ]
+
+
+def _chromium(arguments: list[str], profile: str, timeout: int = 120):
+    import subprocess
+
+    command = [
+        CHROMIUM,
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--no-first-run",
+        "--disable-extensions",
+        f"--user-data-dir={profile}",
+        *arguments,
+    ]
+    return subprocess.run(command, capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def render_html(tmp_path):
+    """`render(html_path)` -> (screenshot as an (H, W, 3) array, {img src: naturalWidth}) from
+    headless Chromium: a wrapper page beside nothing (a <base> points at the report's folder)
+    adds a script that writes each image's naturalWidth into the DOM once the page has loaded,
+    and --dump-dom prints it. Skips where Chromium is not installed (.ci/run installs it)."""
+    import re
+
+    if not os.path.exists(CHROMIUM):
+        pytest.skip(f"{CHROMIUM} absent (apt-get install -y chromium; .ci/run does)")
+
+    def render(html_path: str):
+        import numpy as np
+        from PIL import Image
+
+        html_path = os.path.abspath(html_path)
+        with open(html_path, encoding="utf-8") as f:
+            page = f.read()
+        base = f'<base href="file://{os.path.dirname(html_path)}/">'
+        script = (
+            "<script>window.addEventListener('load', function () {"
+            "for (const img of document.images) {"
+            "img.setAttribute('data-natural-width', String(img.naturalWidth)); }"
+            "document.body.setAttribute('data-loaded', 'yes'); });</script>"
+        )
+        wrapper = tmp_path / "wrapper.html"
+        wrapper.write_text(
+            page.replace("<head>", "<head>" + base, 1).replace("</body>", script + "</body>", 1)
+        )
+        shot = tmp_path / "screenshot.png"
+        result = _chromium(
+            [f"--screenshot={shot}", "--window-size=1200,2400", f"file://{html_path}"],
+            str(tmp_path / "profile-shot"),
+        )
+        assert shot.exists(), result.stderr[-2000:]
+        dom = _chromium(
+            ["--virtual-time-budget=10000", "--dump-dom", f"file://{wrapper}"],
+            str(tmp_path / "profile-dom"),
+        )
+        assert 'data-loaded="yes"' in dom.stdout, dom.stderr[-2000:]
+        widths = {
+            src: int(width)
+            for src, width in re.findall(
+                r'<img[^>]*?src="([^"]*)"[^>]*?data-natural-width="(\d+)"', dom.stdout
+            )
+        }
+        assert len(widths) == dom.stdout.count("<img"), "an <img> without its naturalWidth"
+        return np.asarray(Image.open(shot).convert("RGB")), widths
+
+    return render
