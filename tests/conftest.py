@@ -41,7 +41,13 @@ def record_real_rollouts():
 CHROMIUM = "/usr/bin/chromium"
 
 
-def linked_paths(html_path: str) -> list[str]:
+@pytest.fixture
+def linked_paths():
+    """`linked_paths(html_path)`: see `_linked_paths`."""
+    return _linked_paths
+
+
+def _linked_paths(html_path: str) -> list[str]:
     """The local files an HTML page refers to (img src, a href), resolved beside it; absolute
     URLs and in-page anchors are reported as themselves, so a test can refuse them."""
     from html.parser import HTMLParser
@@ -87,7 +93,7 @@ def _chromium(arguments: list[str], profile: str, timeout: int = 120):
 
 @pytest.fixture
 def render_html(tmp_path):
-    """`render(html_path)` -> (screenshot as an (H, W, 3) array, {img src: naturalWidth}) from
+    """`render(html_path)` -> (screenshot as an (H, W, 3) array, [(img src, naturalWidth)]) from
     headless Chromium: a wrapper page beside nothing (a <base> points at the report's folder)
     adds a script that writes each image's naturalWidth into the DOM once the page has loaded,
     and --dump-dom prints it. Skips where Chromium is not installed (.ci/run installs it)."""
@@ -125,13 +131,8 @@ def render_html(tmp_path):
             str(tmp_path / "profile-dom"),
         )
         assert 'data-loaded="yes"' in dom.stdout, dom.stderr[-2000:]
-        widths = {
-            src: int(width)
-            for src, width in re.findall(
-                r'<img[^>]*?src="([^"]*)"[^>]*?data-natural-width="(\d+)"', dom.stdout
-            )
-        }
+        widths = re.findall(r'<img[^>]*?src="([^"]*)"[^>]*?data-natural-width="(\d+)"', dom.stdout)
         assert len(widths) == dom.stdout.count("<img"), "an <img> without its naturalWidth"
-        return np.asarray(Image.open(shot).convert("RGB")), widths
+        return np.asarray(Image.open(shot).convert("RGB")), [(s, int(w)) for s, w in widths]
 
     return render

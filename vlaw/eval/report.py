@@ -31,6 +31,7 @@ th { background: #f3f3f3; }
 .success { color: #2e7d32; } .failure { color: #c62828; }
 figure { display: inline-block; margin: 0.5em 1em 0.5em 0; vertical-align: top; }
 figcaption { font-size: 0.85em; color: #555; }
+img { max-width: 100%; height: auto; image-rendering: pixelated; }
 .note { color: #555; font-size: 0.9em; }
 """
 
