@@ -87,6 +87,25 @@ def test_bare_launch_runs_the_warm_start_and_two_iterations(straight):
     assert not (workdir / "iter_00" / "real").exists()
 
 
+def test_every_iteration_has_a_report_that_renders(straight, linked_paths, render_html):
+    workdir, _ = straight
+    reports = workdir / "reports"
+    pages = [reports / "index.html", *(reports / f"iter_{i:02d}" / "report.html" for i in range(3))]
+    for page in pages:
+        for link in linked_paths(str(page)):
+            assert ":" not in link and os.path.isfile(link), f"{page}: {link}"
+    analysis = json.loads((reports / "iter_02" / "world_model.json").read_text())
+    assert analysis["replay"]["summary"]["num_clips"] == 2
+    assert [p["name"] for p in analysis["ranking"]["policies"]] == [
+        "base",
+        "iteration 1",
+        "iteration 2",
+    ]
+    screenshot, widths = render_html(str(reports / "iter_02" / "report.html"))
+    assert widths and all(width > 0 for _, width in widths), widths
+    assert screenshot.std() > 5, "blank screenshot"
+
+
 def _dataset_digests(workdir) -> dict[str, str]:
     from vlaw.data import rlds_read
 
