@@ -89,7 +89,8 @@ def test_scores_average_valid_frames_then_clips():
     scores = replay.clip_scores(predicted, recorded, valid, start)
     expected = 10 * np.log10(255.0**2 / 100.0)
     np.testing.assert_allclose(scores["psnr"], [expected, expected], rtol=1e-5)
-    assert np.all(np.isinf(scores["psnr_copy_start"]))  # the start equals every recorded frame
+    # The start equals every recorded frame: +inf per frame, counted as the cap.
+    np.testing.assert_array_equal(scores["psnr_copy_start"], replay.PSNR_CAP_DB)
     assert scores["ssim"] is not None and np.all(scores["ssim"] < 1.0)
     assert scores["lpips"] is None  # no weights given
     same = replay.clip_scores(recorded, recorded, valid, start)

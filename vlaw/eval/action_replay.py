@@ -43,6 +43,11 @@ from vlaw.eval.prediction import resize_frames
 from vlaw.rollout.imagine import imagine_frames, steps_per_interaction
 from vlaw.rollout.imagine_plan import StartState
 
+# A frame identical to the recording has PSNR +inf (scikit-image's convention); it counts as
+# this many dB, so one still frame (the copy baseline before the arm moves) cannot make a mean
+# infinite, and world_model.json stays plain JSON.
+PSNR_CAP_DB = 100.0
+
 
 def clip_id(episode_id: str, start_step: int) -> str:
     """A replayed clip's name in reports and in a label file: "<episode id>@<start step>"."""
@@ -206,8 +211,8 @@ def clip_scores(
     predicted, recorded: (N, K, H, W, 3) uint8 of one size; valid: (N, K) bool (at least one
     per clip); start_frames: (N, H, W, 3), the conditioning frames, for the copy baseline (the
     PSNR of "nothing moves", which a world model must beat). Returns (N,) float64 arrays:
-    psnr, psnr_copy_start, ssim (None where frames are smaller than SSIM's 11x11 window), lpips
-    (None without `lpips_params`)."""
+    psnr and psnr_copy_start (frames capped at PSNR_CAP_DB), ssim (None where frames are
+    smaller than SSIM's 11x11 window), lpips (None without `lpips_params`)."""
     valid = np.asarray(valid, bool)
     if not valid.any(axis=1).all():
         raise ValueError("every clip needs at least one recorded frame to score")
@@ -216,10 +221,13 @@ def clip_scores(
         per_frame = np.asarray(per_frame, np.float64)
         return np.where(valid, per_frame, 0.0).sum(1) / valid.sum(1)
 
+    def capped_psnr(reference, prediction) -> np.ndarray:
+        return np.minimum(np.asarray(video_metrics.psnr(reference, prediction, 255.0)), PSNR_CAP_DB)
+
     copied = np.broadcast_to(np.asarray(start_frames)[:, None], np.shape(recorded))
     scores: dict[str, np.ndarray | None] = {
-        "psnr": mean_over_valid(video_metrics.psnr(recorded, predicted, 255.0)),
-        "psnr_copy_start": mean_over_valid(video_metrics.psnr(recorded, copied, 255.0)),
+        "psnr": mean_over_valid(capped_psnr(recorded, predicted)),
+        "psnr_copy_start": mean_over_valid(capped_psnr(recorded, copied)),
         "ssim": None,
         "lpips": None,
     }
