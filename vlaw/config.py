@@ -146,6 +146,9 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     # rollouts per task each, decided by the reward model. tiny: one batch per policy.
     ev.evaluator_starts_per_task = 1 if tiny else (2 if sim else 10)
     ev.evaluator_rollouts_per_start = 2 if tiny else (4 if sim else 5)
+    # Run directories of baselines (method "filtered_bc", "dsrl") with this run's tasks and
+    # seed, hence the same evaluation layouts: their evaluated policies join the comparison.
+    ev.baseline_workdirs = ()
     ev.report_clips = 2 if tiny else 4  # replayed clips and rollout grids drawn in the report
 
     # --- pi0.5 policy (vlaw/models/policy) ---------------------------------------------------

@@ -13,8 +13,9 @@ model, the newest at or before NN; the reward model likewise, else `reward.train
 2. Event confusion (Table 1, right): `evaluate.confusion_clips` whole episodes replayed from
    their first frame; the imagined outcome (the reward model on `reward.camera`, or the label
    file `evaluate.confusion_labels`) against the episode's recorded `success`.
-3. The world model as a policy evaluator (`vlaw.eval.policy_ranking`), when two or more of the
-   run's policies have station metrics: each imagined from the first frames of iteration 0's
+3. The world model as a policy evaluator (`vlaw.eval.policy_ranking`), when two or more
+   policies have station metrics (this run's up to NN, and those of the baseline runs in
+   `evaluate.baseline_workdirs`): each imagined from the first frames of iteration 0's
    evaluate episodes (`evaluate.evaluator_starts_per_task` starts x
    `evaluate.evaluator_rollouts_per_start` rollouts per task), decided by the reward model, and
    the imagined rates correlated with the station's; rollout grids (Fig. 8) of the newest.
@@ -205,28 +206,43 @@ def event_confusion_check(config, world, scorer, dataset_dir: str, figures_dir: 
     }
 
 
-def _evaluated_policies(config, workdir: str, iteration: int) -> list[tuple[str, str, float]]:
-    """(name, checkpoint dir, station success rate over all tasks) of the run's policies with
-    station metrics up to `iteration` (DSRL's steered policies, iterations >= 1 of a "dsrl"
-    run, act per station episode and are not imagined)."""
+def evaluated_policies(
+    workdir: str, iteration: int, *, method: str, prefix: str = ""
+) -> list[tuple[str, str, float]]:
+    """(name, checkpoint dir, station success rate over all tasks) of a run's policies with
+    station metrics up to `iteration`, names prefixed by `prefix` (DSRL's steered policies,
+    iterations >= 1 of a "dsrl" run, act per station episode and are not imagined)."""
     found = []
     for i in range(iteration + 1):
         path = workdir_lib.report_file(workdir, i, report_lib.METRICS_FILE)
         directory = workdir_lib.checkpoint_dir(workdir, "policy", i)
-        steered = config.method == "dsrl" and i > 0
+        steered = method == "dsrl" and i > 0
         if steered or not os.path.exists(path) or not policy_agent.is_trained(directory):
             continue
         metrics = read_json(path)
         tasks = metrics["tasks"].values()
         rate = sum(t["successes"] for t in tasks) / sum(t["episodes"] for t in tasks)
-        found.append((report_lib.policy_name(metrics), directory, rate))
+        found.append((prefix + report_lib.policy_name(metrics), directory, rate))
+    return found
+
+
+def baseline_policies(config) -> list[tuple[str, str, float]]:
+    """`evaluated_policies` of every run in `evaluate.baseline_workdirs`, all its iterations,
+    named "<method> <policy>" after the method its config.json records."""
+    found = []
+    for directory in config.evaluate.baseline_workdirs:
+        method = read_json(os.path.join(directory, "config.json")).get("method", "baseline")
+        iterations = workdir_lib.report_iterations(directory)
+        last = max(iterations, default=-1)
+        found += evaluated_policies(directory, last, method=method, prefix=f"{method} ")
     return found
 
 
 def policy_evaluator_check(config, workdir: str, iteration: int, world, scorer, figures_dir, rng):
     """Part 3 of the module docstring: the ranking report and the newest policy's grids."""
     ev = config.evaluate
-    policies = _evaluated_policies(config, workdir, iteration)
+    policies = baseline_policies(config)
+    policies += evaluated_policies(workdir, iteration, method=config.method)
     if len(policies) < 2:
         return {"skipped": f"{len(policies)} policy with station metrics; the comparison needs 2"}
     if scorer is None:
