@@ -110,6 +110,50 @@ def test_reward_threshold_confusion_by_hand():
     assert at_half["recall"] == 1.0
 
 
+def test_ablation_reports_from_label_outcomes(tmp_path, monkeypatch):
+    config = _config("sim")
+    config.study.tasks, config.study.seeds, config.loop.iterations = ("draw",), (0, 1), 1
+    config.study.ablations = ("wm_demos_only", "reward_threshold")
+    study_dir = str(tmp_path)
+    outcomes = {  # (run, seed) -> (P(yes), success) of its labelled synthetic episodes
+        ("vlaw", 0): ([0.9, 0.7, 0.2], [True, True, False]),
+        ("vlaw", 1): ([0.85, 0.6], [False, False]),
+        ("wm_demos_only", 0): ([0.95, 0.9, 0.9], [True, False, False]),
+        ("wm_demos_only", 1): ([0.3, 0.99], [False, False]),
+    }
+    psnr = {"vlaw": (20.0, 22.0), "wm_demos_only": (17.0, 18.0)}
+    for (name, seed), (p_yes, _) in outcomes.items():
+        workdir = workdir_lib.study_run_dir(study_dir, "draw", seed, name)
+        state = {
+            "train_world_model": {"psnr_prediction": psnr[name][seed]},
+            "imagine": {"success_is_ground_truth": True},
+            "label": {"num_episodes": len(p_yes)},
+        }
+        workdir_lib.write_json(os.path.join(workdir, "state.json"), {"iter_01": state})
+
+    def stored(dataset_dir):
+        _, _, _, seed, name, _, _ = pathlib.Path(dataset_dir).parts[-7:]
+        p_yes, success = outcomes[name, int(seed.removeprefix("seed_"))]
+        p_yes = np.array(p_yes)
+        return {"p_yes": p_yes, "kept": p_yes > 0.8, "success": np.array(success)}
+
+    monkeypatch.setattr(study, "synthetic_outcomes", stored)
+    paths = study.write_reports(config, study_dir)
+    ablations = json.loads(pathlib.Path(paths["ablations.json"]).read_text())
+    online, demos = ablations["world_model_data"]
+    # Kept (P(yes) > 0.8) vs replayed: online 0.9 T, 0.85 F -> tp 1, fp 1, fn 1 (0.7 T), tn 2.
+    assert (online["tp"], online["fp"], online["fn"], online["tn"]) == (1, 1, 1, 2)
+    assert online["psnr_prediction"] == pytest.approx(21.0)
+    # Demos only: optimistic, 0.95 T, 0.9 F, 0.9 F, 0.99 F -> tp 1, fp 3, tn 1.
+    assert (demos["tp"], demos["fp"], demos["fn"], demos["tn"]) == (1, 3, 0, 1)
+    assert demos["psnr_prediction"] == pytest.approx(17.5)
+    at_alpha, at_half = ablations["reward_threshold"]  # the vlaw runs only
+    assert (at_alpha["threshold"], at_alpha["precision"], at_alpha["recall"]) == (0.8, 0.5, 0.5)
+    assert (at_half["tp"], at_half["fp"], at_half["fn"], at_half["tn"]) == (2, 2, 0, 1)
+    markdown = pathlib.Path(paths["ablations.md"]).read_text()
+    assert "Table 1" in markdown and "Table 3" in markdown and "| 21.00 |" in markdown
+
+
 # --------------------------------------------------------------------------------------------
 # The plan and the shared warm start.
 

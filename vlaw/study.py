@@ -49,6 +49,7 @@ from vlaw import pipeline
 from vlaw import workdir as workdir_lib
 from vlaw.data import rlds_read
 from vlaw.eval import study_report
+from vlaw.eval.confusion import confusion
 from vlaw.phases import loop
 from vlaw.phases.evaluate import METRICS_FILE
 from vlaw.train import mesh as mesh_lib
@@ -255,7 +256,7 @@ def synthetic_outcomes(dataset_dir: str) -> dict[str, np.ndarray]:
     return {name: np.asarray(values) for name, values in fields.items()}
 
 
-def _labelled_synthetic(c, workdir: str, iteration: int) -> dict[str, np.ndarray] | None:
+def _labelled_synthetic(workdir: str, iteration: int) -> dict[str, np.ndarray] | None:
     """`synthetic_outcomes` of a finished label phase whose outcomes are ground truth."""
     state = pipeline.load_state(workdir).get(f"iter_{iteration:02d}", {})
     if "label" not in state or not state.get("imagine", {}).get("success_is_ground_truth"):
@@ -263,8 +264,13 @@ def _labelled_synthetic(c, workdir: str, iteration: int) -> dict[str, np.ndarray
     return synthetic_outcomes(workdir_lib.synthetic_dir(workdir, iteration))
 
 
-def _pooled(parts: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
-    return {k: np.concatenate([p[k] for p in parts]) for k in ("p_yes", "kept", "success")}
+def _over_seeds(config, study_dir: str, name: str, task: str, iteration: int):
+    """(run directories, labelled synthetic outcomes pooled) of `name`'s runs of one task and
+    iteration over the study's seeds; the outcomes None when no seed's label phase is done."""
+    workdirs = [Run(task, int(seed), name).workdir(study_dir) for seed in config.study.seeds]
+    found = [o for w in workdirs if (o := _labelled_synthetic(w, iteration)) is not None]
+    pooled = {k: np.concatenate([o[k] for o in found]) for k in found[0]} if found else None
+    return workdirs, pooled, len(found)
 
 
 def world_model_ablation(config, study_dir: str) -> list[dict]:
@@ -275,27 +281,26 @@ def world_model_ablation(config, study_dir: str) -> list[dict]:
     for name in ("vlaw", "wm_demos_only"):
         for task in config.study.tasks:
             for iteration in range(1, int(config.loop.iterations) + 1):
-                psnr, copy_psnr, outcomes = [], [], []
-                for seed in config.study.seeds:
-                    run = Run(task, int(seed), name)
-                    c, workdir = run_config(config, run), run.workdir(study_dir)
-                    state = pipeline.load_state(workdir).get(f"iter_{iteration:02d}", {})
-                    trained = state.get("train_world_model", {})
-                    psnr.append(trained.get("psnr_prediction"))
-                    copy_psnr.append(trained.get("psnr_copy_current_frame"))
-                    found = _labelled_synthetic(c, workdir, iteration)
-                    outcomes += [found] if found is not None else []
-                if not outcomes:
+                workdirs, pooled, seeds = _over_seeds(config, study_dir, name, task, iteration)
+                if pooled is None:
                     continue
-                pooled = _pooled(outcomes)
+                key = f"iter_{iteration:02d}"
+                trained = [
+                    pipeline.load_state(w).get(key, {}).get("train_world_model", {})
+                    for w in workdirs
+                ]
                 entries.append(
                     {
                         "name": f"{name} {task} iter {iteration}",
-                        "world_model_data": "demos" if name != "vlaw" else "demos + online",
-                        "psnr_prediction": study_report.mean_or_none(psnr),
-                        "psnr_copy_current_frame": study_report.mean_or_none(copy_psnr),
-                        "num_seeds": len(outcomes),
-                        **study_report.confusion(pooled["kept"], pooled["success"]),
+                        "world_model_data": "demos + online" if name == "vlaw" else "demos",
+                        "psnr_prediction": study_report.mean_or_none(
+                            [t.get("psnr_prediction") for t in trained]
+                        ),
+                        "psnr_copy_current_frame": study_report.mean_or_none(
+                            [t.get("psnr_copy_current_frame") for t in trained]
+                        ),
+                        "num_seeds": seeds,
+                        **confusion(pooled["kept"], pooled["success"]),
                     }
                 )
     return entries
@@ -308,22 +313,15 @@ def reward_threshold_ablation(config, study_dir: str) -> list[dict]:
     alpha = float(config.reward.alpha)
     for task in config.study.tasks:
         for iteration in range(1, int(config.loop.iterations) + 1):
-            outcomes = []
-            for seed in config.study.seeds:
-                run = Run(task, int(seed), "vlaw")
-                found = _labelled_synthetic(
-                    run_config(config, run), run.workdir(study_dir), iteration
-                )
-                outcomes += [found] if found is not None else []
-            if not outcomes:
+            _, pooled, seeds = _over_seeds(config, study_dir, "vlaw", task, iteration)
+            if pooled is None:
                 continue
-            pooled = _pooled(outcomes)
             for threshold in (alpha, study_report.ARGMAX_THRESHOLD):
                 entries.append(
                     {
                         "name": f"{task} iter {iteration}: P(yes) > {threshold:g}",
                         "threshold": threshold,
-                        "num_seeds": len(outcomes),
+                        "num_seeds": seeds,
                         **study_report.decision_confusion(
                             pooled["p_yes"], pooled["success"], threshold
                         ),
@@ -373,17 +371,18 @@ def write_reports(config: ml_collections.ConfigDict, study_dir: str) -> dict[str
 def _ablations_markdown(ablations: dict) -> str:
     parts = []
     if "world_model_data" in ablations:
-        entries = ablations["world_model_data"]
         note = (
             "Predicted: the reward model kept the imagined episode; actual: its actions "
-            "replayed in the simulator succeeded; pooled over seeds. Held-out one-chunk PSNR "
-            "(dB, mean over seeds; copying the current frame in brackets): "
-            + "; ".join(
-                f"{e['name']}: {_db(e['psnr_prediction'])} [{_db(e['psnr_copy_current_frame'])}]"
-                for e in entries
+            "replayed in the simulator succeeded; pooled over seeds. PSNR: the world-model "
+            "phase's held-out one-chunk check on the newest real rollouts (dB, mean over "
+            "seeds), beside copying the current frame."
+        )
+        extra = (("PSNR", "psnr_prediction"), ("PSNR copy", "psnr_copy_current_frame"))
+        parts.append(
+            study_report.confusion_markdown(
+                ablations["world_model_data"], "World model data (Table 1)", note, extra
             )
         )
-        parts.append(study_report.confusion_markdown(entries, "World model data (Table 1)", note))
     if "reward_threshold" in ablations:
         note = (
             "The vlaw runs' labelled synthetic episodes pooled over seeds; actual: the "
@@ -395,10 +394,6 @@ def _ablations_markdown(ablations: dict) -> str:
             )
         )
     return "\n".join(parts)
-
-
-def _db(value: float | None) -> str:
-    return "-" if value is None else f"{value:.2f}"
 
 
 def _write_text(path: str, text: str) -> None:

@@ -112,18 +112,25 @@ def decision_confusion(p_yes: np.ndarray, success: np.ndarray, threshold: float)
     return confusion(np.asarray(p_yes) > threshold, np.asarray(success, bool))
 
 
-def confusion_markdown(entries: Sequence[Mapping], title: str, note: str) -> str:
-    """Rows {name, tp, fp, tn, fn, precision, recall, ...} as a markdown table."""
+def confusion_markdown(
+    entries: Sequence[Mapping],
+    title: str,
+    note: str,
+    extra: Sequence[tuple[str, str]] = (),
+) -> str:
+    """Rows {name, tp, fp, tn, fn, precision, recall, ...} as a markdown table; `extra`:
+    (column header, entry key) of further numeric columns."""
 
-    def rate(value) -> str:
+    def number(value) -> str:
         return "-" if value is None else f"{value:.2f}"
 
-    lines = [f"## {title}", "", note, ""]
-    lines.append("| | TP | FN | TN | FP | precision | recall |")
-    lines.append("| --- | --- | --- | --- | --- | --- | --- |")
+    headers = ["", "TP", "FN", "TN", "FP", "precision", "recall", *(h for h, _ in extra)]
+    lines = [f"## {title}", "", note, "", "| " + " | ".join(headers) + " |"]
+    lines.append("|" + " --- |" * len(headers))
     for e in entries:
-        counts = " | ".join(str(e[k]) for k in ("tp", "fn", "tn", "fp"))
-        lines.append(f"| {e['name']} | {counts} | {rate(e['precision'])} | {rate(e['recall'])} |")
+        cells = [e["name"], *(str(e[k]) for k in ("tp", "fn", "tn", "fp"))]
+        cells += [number(e[k]) for k in ("precision", "recall", *(k for _, k in extra))]
+        lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
