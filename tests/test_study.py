@@ -242,7 +242,7 @@ def _study(study_dir, *extra) -> subprocess.CompletedProcess:
     return subprocess.run(command, cwd=ROOT, env=env, capture_output=True, text=True, timeout=3600)
 
 
-@pytest.mark.slow  # base + three methods, two iterations each, at tiny: ~20 min on 2 busy cores
+@pytest.mark.slow  # base + three methods, two iterations each, at tiny: 14 min on 2 busy cores
 def test_study_command_at_tiny_shares_the_warm_start(tmp_path):
     study_dir = tmp_path / "study"
     start = time.time()
