@@ -22,7 +22,10 @@ from vlaw.eval.confusion import confusion
 from vlaw.eval.success import wilson_interval
 
 BASE = "base"  # the shared warm-start policy: iteration 0 of every method
-ARGMAX_THRESHOLD = 0.5  # the reward model's plain yes/no answer: P(yes) > P(no) = 1 - P(yes)
+# The reward model's plain yes/no answer from the stored P(yes) alone: P(yes) > 0.5 is
+# P(yes) > P(no) where the two tokens take all the mass (the label phase's summary holds the
+# exact P(yes) > P(no) matrix, computed while both were at hand).
+ARGMAX_THRESHOLD = 0.5
 TABLE_NOTE = (
     "Each cell: the success rate with all seeds' evaluation episodes pooled, its Wilson 95 % "
     "interval [low, high] and (successes/episodes); below it, the mean ± sample standard "
