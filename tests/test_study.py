@@ -163,10 +163,8 @@ def test_plan_runs_base_first_and_ablation_configs():
     config.study.ablations = ("half_synthetic", "no_real", "wm_demos_only", "reward_threshold")
     runs = study.plan_runs(config)
     assert len(runs) == 2 * 3 * 7  # tasks x seeds x (base, 3 methods, 3 retraining ablations)
-    first = [r.name for r in runs[:7]]
-    assert first == ["base", "filtered_bc", "dsrl", "vlaw", "half_synthetic", "no_real"][:6] + [
-        "wm_demos_only"
-    ]
+    expected = ["base", "filtered_bc", "dsrl", "vlaw", "half_synthetic", "no_real"]
+    assert [r.name for r in runs[:7]] == [*expected, "wm_demos_only"]
     base = study.run_config(config, runs[0])
     assert (base.loop.iterations, base.tasks, base.seed) == (0, ("scoop",), 0)
     half = study.run_config(config, study.Run("draw", 2, "half_synthetic"))
@@ -176,6 +174,9 @@ def test_plan_runs_base_first_and_ablation_configs():
     wm = study.run_config(config, study.Run("draw", 0, "wm_demos_only"))
     assert not wm.loop.world_model_online_rollouts
     assert config.loop.world_model_online_rollouts  # the study's config is left alone
+    config.study.methods = ("dsrl",)  # an ablation brings the vlaw run it is measured against
+    assert [r.name for r in study.plan_runs(config)[:3]] == ["base", "dsrl", "half_synthetic"]
+    assert "vlaw" in [r.name for r in study.plan_runs(config)[:6]]
     picked = study.select_runs(runs, ["draw/seed_1/dsrl"])
     assert [r.key for r in picked] == ["draw/seed_1/base", "draw/seed_1/dsrl"]
     config.study.methods = ("ppo",)
