@@ -25,6 +25,7 @@ LAYERS = {
     "workdir": 4,
     "phases": 5,
     "pipeline": 6,
+    "study": 7,
 }
 # What research code imports alone: these import nothing of vlaw but each other.
 BOTTOM = ("models", "data", "losses", "franka")

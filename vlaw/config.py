@@ -117,6 +117,12 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     # Fine-tune the reward model at every iteration on all labelled rollouts so far (True), or
     # at iteration 1 only and reuse it after (False: the paper's Appendix C).
     lo.retrain_reward = False
+    # Ablation (a) of vlaw.study: fine-tune the world model on the online rollouts as well
+    # (True, the paper) or on the demonstrations alone (False: Table 1's expert-only model).
+    lo.world_model_online_rollouts = True
+    # Ablation (c): the policy's update keeps the real rollouts' successes (True, Eq. 4) or
+    # trains on the demonstrations and kept synthetic rollouts only (False: Figure 9).
+    lo.policy_real_rollouts = True
 
     # --- Evaluation (vlaw/phases/evaluate.py) ------------------------------------------------
     c.evaluate = ev = ml_collections.ConfigDict()
@@ -264,6 +270,16 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     ds.gamma = 0.999  # per robot step; a decision's discount is gamma ** executed steps (recipe)
     ds.batch_size = 16 if tiny else 256  # SAC minibatch (recipe: 256)
     ds.updates_per_transition = 2 if tiny else 20  # UTD: SAC steps per new decision (recipe: 20)
+
+    # --- Study: methods x tasks x seeds, and ablations (vlaw/study.py) -----------------------
+    c.study = st = ml_collections.ConfigDict()
+    # Task families, one run each (as experiments/<task>.py): scoop and draw, the paper's
+    # hardest task and the one its ablations use (Fig. 9); tiny: one, for the test.
+    st.tasks = ("scoop",) if tiny else ("scoop", "draw")
+    st.seeds = (0,) if tiny else (0, 1, 2)  # each run's config.seed; 3 give a spread over seeds
+    st.methods = ("filtered_bc", "dsrl", "vlaw")  # each compared with the shared base policy
+    # vlaw.study.ABLATIONS by name; one that retrains adds a vlaw run per (task, seed).
+    st.ablations = ()
 
     # --- Parallelism (vlaw/train/mesh.py) ----------------------------------------------------
     c.mesh = m = ml_collections.ConfigDict()

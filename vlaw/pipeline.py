@@ -41,6 +41,22 @@ def _save_state(workdir: str, state: dict) -> None:
     workdir_lib.write_json(os.path.join(workdir, "state.json"), state)
 
 
+def adopt_phases(workdir: str, source: str, iteration: int, names) -> None:
+    """Marks phases `names` of `iteration` done in `workdir` with the summaries they have in
+    the run directory `source`, whose artifacts of them are already in `workdir` (a study's
+    methods share one warm start, `vlaw.study`); each summary notes where it was computed."""
+    key = f"iter_{iteration:02d}"
+    done = load_state(source).get(key, {})
+    missing = [name for name in names if name not in done]
+    if missing:
+        raise ValueError(f"{source}: phases {missing} of {key} are not done; nothing to adopt")
+    with workdir_lib.locked(workdir):
+        state = load_state(workdir)
+        adopted = {name: {**done[name], "computed_in": source} for name in names}
+        state.setdefault(key, {}).update(adopted)
+        _save_state(workdir, state)
+
+
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
     """Writes the resolved config to workdir/config.json (and returns the path)."""
     path = os.path.join(workdir, "config.json")

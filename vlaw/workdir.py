@@ -17,6 +17,14 @@ datasets each phase reads, where each model starts, the phases' seeds, and atomi
       reports/iter_NN/                 `evaluate`'s metrics, world-model checks, report.html
       reports/index.html               links every iteration's report
 
+A study (`vlaw.study`) holds one such run directory per (task, seed, method):
+
+    study_dir/
+      runs/<task>/seed_<S>/base/       the warm start alone (iteration 0), computed once
+      runs/<task>/seed_<S>/<method>/   a normal run directory; its iteration-0 artifacts
+                                       (`warm_start_paths`) hard-linked from base/
+      reports/study/                   table.md, table.json, the Figure 7 chart, ablations
+
 Phases read and write the run directory through this module only, so "which data, which
 weights, which seed for phase X at iteration k" has one answer, and its JSON files are written
 atomically (`write_json`, `read_json`). Nothing here imports JAX.
@@ -24,10 +32,13 @@ atomically (`write_json`, `read_json`). Nothing here imports JAX.
 
 import contextlib
 import dataclasses
+import errno
 import fcntl
 import json
 import os
+import shutil
 import socket
+import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
 
@@ -112,21 +123,34 @@ def _existing(candidates: Sequence[str]) -> list[str]:
     return [d for d in candidates if os.path.isdir(d)]
 
 
-def policy_training_dirs(workdir: str, iteration: int) -> list[str]:
+def policy_training_dirs(workdir: str, iteration: int, *, real_rollouts: bool = True) -> list[str]:
     """D_real+ and D_syn+ so far (Eq. 4 weighs each episode): demos, then iter_00/real,
-    iter_00/synthetic, ..., iter_k/synthetic; those that exist."""
+    iter_00/synthetic, ..., iter_k/synthetic; those that exist. `real_rollouts=False` leaves
+    every iter_NN/real out (Figure 9's ablation: demos and synthetic data only)."""
     candidates = [demos_dir(workdir)]
     for i in range(iteration + 1):
-        candidates += [real_dir(workdir, i), synthetic_dir(workdir, i)]
+        candidates += [real_dir(workdir, i)] if real_rollouts else []
+        candidates += [synthetic_dir(workdir, i)]
     return _existing(candidates)
 
 
-def world_model_training_dirs(workdir: str, iteration: int) -> list[str]:
+def world_model_training_dirs(
+    workdir: str, iteration: int, *, online_rollouts: bool = True
+) -> list[str]:
     """Every real transition so far, successes and failures alike: demos, then iter_00/real
-    ... iter_k/real; those that exist."""
+    ... iter_k/real; those that exist. `online_rollouts=False`: the demos alone (Table 1's
+    "expert rollout" world model)."""
     candidates = [demos_dir(workdir)]
-    candidates += [real_dir(workdir, i) for i in range(iteration + 1)]
+    if online_rollouts:
+        candidates += [real_dir(workdir, i) for i in range(iteration + 1)]
     return _existing(candidates)
+
+
+def newest_real_dir(workdir: str, iteration: int) -> str | None:
+    """The newest real dataset at iteration k (iter_k/real ... iter_00/real, else the demos),
+    or None: where the world model's held-out check draws its episodes, whatever it trains on."""
+    found = world_model_training_dirs(workdir, iteration)
+    return found[-1] if found else None
 
 
 def reward_training_dirs(workdir: str, iteration: int, *, include_demos: bool) -> list[str]:
@@ -159,6 +183,61 @@ def imagine_start_dirs(workdir: str, iteration: int) -> list[str]:
     """Where imagined rollouts start, in order of preference: this iteration's real rollouts,
     else the demonstrations."""
     return [real_dir(workdir, iteration), demos_dir(workdir)]
+
+
+# --------------------------------------------------------------------------------------------
+# A study: runs of several methods sharing one warm start.
+
+BASE_RUN = "base"  # the study's warm-start run (iteration 0 only), one per (task, seed)
+
+
+def study_run_dir(study_dir: str, task: str, seed: int, name: str) -> str:
+    """The run directory of one (task, seed, method) of a study; name BASE_RUN: the warm
+    start they share."""
+    return os.path.join(study_dir, "runs", task, f"seed_{seed}", name)
+
+
+def study_reports_dir(study_dir: str) -> str:
+    return os.path.join(study_dir, "reports", "study")
+
+
+def warm_start_paths(workdir: str) -> list[str]:
+    """Iteration 0's artifacts: the demonstrations, the base policy (with the assets its
+    tokenizer came from) and its evaluation. Every method starts from them (`loop.WARM_START`)
+    and no later phase writes into them."""
+    return [
+        demos_dir(workdir),
+        assets_dir(workdir),
+        checkpoint_dir(workdir, "policy", 0),
+        iteration_dir(workdir, 0),
+        reports_dir(workdir, 0),
+    ]
+
+
+def link_tree(source: str, destination: str) -> None:
+    """`destination` as a copy of the directory `source` whose files are hard links (a copy
+    where the filesystem refuses one): no extra space, and the copy outlives the source.
+    Built beside `destination`, then renamed: it appears whole or not at all. Safe to share
+    because the run directory's files are never rewritten in place (JSON and datasets are
+    replaced by rename, checkpoints are new step directories)."""
+    parent = os.path.dirname(destination)
+    os.makedirs(parent, exist_ok=True)
+    staging = tempfile.mkdtemp(prefix=f".{os.path.basename(destination)}.", dir=parent)
+    target = os.path.join(staging, "tree")
+
+    def link(src: str, dst: str) -> None:
+        try:
+            os.link(src, dst)
+        except OSError as error:
+            if error.errno not in (errno.EXDEV, errno.EPERM, errno.EMLINK, errno.ENOTSUP):
+                raise
+            shutil.copy2(src, dst)
+
+    try:
+        shutil.copytree(source, target, copy_function=link)
+        os.rename(target, destination)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
 
 
 # --------------------------------------------------------------------------------------------

@@ -3,7 +3,8 @@
     train_policy_phase(config, workdir, iteration)
 
 At iteration k the policy trains on the demonstrations, every `iter_{0..k}/real` and every
-`iter_{0..k}/synthetic` that exists (`vlaw.workdir.policy_training_dirs`). Each example carries
+`iter_{0..k}/synthetic` that exists (`vlaw.workdir.policy_training_dirs`; no real rollouts with
+`loop.policy_real_rollouts=False`, Figure 9's ablation). Each example carries
 its episode's weight (Eq. 4): the station's `success` label for demos and real rollouts, the
 reward model's `kept` decision (P("yes") > alpha, Eq. 3) for synthetic ones; failures weigh 0,
 so they cost compute but contribute no gradient.
@@ -60,12 +61,19 @@ def scan_episodes(dataset_dirs: Sequence[str], skip_corrupt: bool = False) -> Da
     return summary
 
 
+def training_dirs(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> list[str]:
+    """The datasets of iteration `iteration`'s update (`vlaw.workdir.policy_training_dirs`),
+    without the real rollouts when `loop.policy_real_rollouts` is off (Figure 9)."""
+    real = bool(config.loop.policy_real_rollouts)
+    return workdir_lib.policy_training_dirs(workdir, iteration, real_rollouts=real)
+
+
 def prepare(
     config: ml_collections.ConfigDict, workdir: str, iteration: int
 ) -> tuple[dict, str, DataSummary]:
     """(spec, checkpoint directory, training data) of iteration `iteration`'s policy, prepared
     for training: its start resolved, its tokenizer, norm stats and spec written (once)."""
-    dataset_dirs = workdir_lib.policy_training_dirs(workdir, iteration)
+    dataset_dirs = training_dirs(config, workdir, iteration)
     if not dataset_dirs:
         raise FileNotFoundError(
             f"train_policy: no dataset under {workdir} (demos, iter_NN/real, iter_NN/synthetic); "
@@ -107,7 +115,7 @@ def train_policy_phase(
     time-limited jobs); calling again resumes exactly.
     """
     spec, directory, data = prepare(config, workdir, iteration)
-    dataset_dirs = workdir_lib.policy_training_dirs(workdir, iteration)
+    dataset_dirs = training_dirs(config, workdir, iteration)
     if data.weighted_episodes == 0:
         logging.warning(
             "train_policy: none of the %d episodes succeeded (or was kept): every example has "

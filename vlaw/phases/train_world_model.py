@@ -5,7 +5,9 @@
 Data. At iteration k the world model trains on the demonstrations and every
 `iter_{0..k}/real` (`vlaw.workdir.world_model_training_dirs`), all of it, successes and
 failures alike: a world model must predict what the robot's actions do, and failed rollouts
-are exactly the states the policy visits (the paper's point in fine-tuning it on D_real). The
+are exactly the states the policy visits (the paper's point in fine-tuning it on D_real;
+`loop.world_model_online_rollouts=False` trains on the demonstrations alone, Table 1's
+comparison). The
 demos are real transitions of the same station and, at iteration 0, a good half of the data.
 With `config.data.droid_path` set, windows are drawn from DROID with weight lambda =
 `config.data.droid_weight` (Eq. 2 as a sampling mixture, `vlaw.data.mixture`). Windows are
@@ -119,13 +121,18 @@ def train_world_model_phase(
     """
     wm.check_mesh_batch(config)
     w = config.world_model
-    dataset_dirs = workdir_lib.world_model_training_dirs(workdir, iteration)
+    dataset_dirs = workdir_lib.world_model_training_dirs(
+        workdir, iteration, online_rollouts=bool(config.loop.world_model_online_rollouts)
+    )
     if not dataset_dirs:
         raise FileNotFoundError(
             f"train_world_model: no dataset under {workdir} (demos, iter_NN/real); run the "
             "collect phase first"
         )
-    newest_real = dataset_dirs[-1]
+    # The check's episodes come from the newest real rollouts even when the model trains on
+    # the demonstrations alone (loop.world_model_online_rollouts): both variants are scored
+    # on the states the policy actually visits.
+    newest_real = workdir_lib.newest_real_dir(workdir, iteration)
     exclude = wm.heldout_episodes(newest_real, int(w.eval_holdout_episodes))
     sources = mixture.real_and_droid_sources(
         dataset_dirs, config.data.droid_path, config.data.droid_weight
