@@ -53,11 +53,15 @@ def test_random_policy_fails(task):
 @pytest.mark.slow
 @pytest.mark.parametrize("task", sorted(TASKS))
 def test_expert_success_bands(task):
-    """Noise 0: at least 90% over 20 seeds; the sim preset's noise 0.3: between 20% and 95%."""
+    """Noise 0: at least 80% over 20 seeds; the sim preset's noise 0.3: between 20% and 95%.
+
+    80 %, not 90 %: the low-passed command that lets a policy fit the demos (issue 13) costs the
+    scoop expert seeds 17 and 18 of 0-19 (0.90 -> 0.80; benchmarks/RESULTS.md, "A smoother
+    expert"); a failed demonstration weighs 0 in training, so it costs data, not correctness."""
     station = SimStation(task)
     clean = np.mean([run_expert(station, seed, 0.0)[0] for seed in range(20)])
     noisy = np.mean([run_expert(station, seed, 0.3)[0] for seed in range(20)])
-    assert clean >= 0.9, clean
+    assert clean >= 0.8, clean
     assert 0.2 <= noisy <= 0.95, noisy
 
 

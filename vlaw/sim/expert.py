@@ -10,7 +10,8 @@ step length, over 0.2 rad, is the normalised action.
 Noise (knob `noise` >= 0, the sim preset uses 0.3): each waypoint's target is offset by
 N(0, (0.02 m * noise)^2) per axis (kept until the next waypoint that resamples it; only along
 the surface for waypoints pressed onto one), and the arm action gets N(0, (0.15 * noise)^2)
-per joint (a third of that while pressing on a surface). Noise 0 gives near-perfect
+per joint (a third of that while pressing on a surface), before the low-pass of the command
+(`COMMAND_SMOOTHING`). Noise 0 gives near-perfect
 demonstrations; measured success rates per noise level are in benchmarks/RESULTS.md.
 """
 
@@ -23,7 +24,7 @@ from vlaw.sim import panda, scene
 from vlaw.sim.tasks.base import Waypoint
 
 STEP_SECONDS = 1.0 / scene.CONTROL_HZ
-POSITION_GAIN = 0.8  # fraction of the position error removed per step (before speed limits)
+POSITION_GAIN = 0.5  # fraction of the position error removed per step (before speed limits)
 ROTATION_GAIN = 0.5
 MAX_ROTATION_SPEED = 2.0  # rad/s
 DAMPING = 1e-3  # damped least squares regulariser (m^2)
@@ -31,6 +32,14 @@ NULLSPACE_GAIN = 0.1
 WAYPOINT_NOISE_M = 0.02
 ACTION_NOISE = 0.15
 CONTACT_STEADINESS = 0.3  # action noise factor on waypoints pressed onto a surface
+# Each arm command keeps this fraction of the previous one (a first-order low-pass, as a human
+# hand or a trajectory generator moves). Without it the closed loop reacts every step to joint
+# velocities no observation shows: at gain 0.8 and no low-pass, 19-24 % of the arm commands'
+# variance was step-to-step (outside a 5-step moving average) and a policy could not fit its
+# own demos (issue 13). Gain 0.5 with 0.4 leaves 4-8 % per task at noise 0 and keeps the
+# expert's success; 0.5 made erase fail (the lag overshoots its strokes). Measured in
+# benchmarks/RESULTS.md, "A smoother expert".
+COMMAND_SMOOTHING = 0.4
 
 
 def rotation_error(current: np.ndarray, target: np.ndarray) -> np.ndarray:
@@ -91,6 +100,7 @@ class ScriptedExpert:
         self.waypoint: Waypoint | None = None
         self.steps_on_waypoint = 0
         self.done = False
+        self.previous_arm = np.zeros(7)  # the robot starts at rest
         self._next_waypoint()
 
     def _next_waypoint(self) -> None:
@@ -134,4 +144,7 @@ class ScriptedExpert:
         # A demonstrator steadies the hand while pressing on a surface (drawing, wiping).
         steadiness = CONTACT_STEADINESS if waypoint.planar else 1.0
         arm = arm + self.rng.normal(0.0, ACTION_NOISE * self.noise * steadiness, 7)
-        return np.concatenate([np.clip(arm, -1.0, 1.0), [waypoint.gripper]])
+        # Filtered after the noise, so a tremor is smooth too.
+        arm = COMMAND_SMOOTHING * self.previous_arm + (1.0 - COMMAND_SMOOTHING) * arm
+        self.previous_arm = np.clip(arm, -1.0, 1.0)
+        return np.concatenate([self.previous_arm, [waypoint.gripper]])
