@@ -108,6 +108,14 @@ def bench_jax(cfg: UNetConfig, batch, frames, height, width, steps) -> tuple[flo
     return float(np.median(times)), model_flops
 
 
+def benchmark_unet_config(preset: str, on_gpu: bool) -> UNetConfig:
+    """The UNet as benchmarked: bf16 compute and remat `nothing_saveable` on a GPU (fp32 and no
+    remat on a CPU, where bf16 convolutions compile for minutes)."""
+    compute = "bfloat16" if on_gpu else "float32"
+    remat = "nothing_saveable" if on_gpu else "none"
+    return dataclasses.replace(UNetConfig.preset(preset), dtype=compute, remat_policy=remat)
+
+
 def latent_size(preset: str) -> tuple[int, int]:
     """(H, W) of the latents: three views stacked along the height, 24x40 each at paper size,
     4x8 at tiny/sim (a smoke size)."""
@@ -177,9 +185,8 @@ def main():
     parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     on_gpu = jax.default_backend() == "gpu"
-    compute = "bfloat16" if on_gpu else "float32"
-    remat = "nothing_saveable" if on_gpu else "none"
-    cfg = dataclasses.replace(UNetConfig.preset(args.preset), dtype=compute, remat_policy=remat)
+    cfg = benchmark_unet_config(args.preset, on_gpu)
+    compute, remat = cfg.dtype, cfg.remat_policy
     height, width = latent_size(args.preset)
     peak = matmul_peak(on_gpu)
     print(
