@@ -63,7 +63,7 @@ SETTINGS = {
         policy_batch=32,
         policy_steps=5,
         policy_warmup=2,
-        wm_batch=8,
+        wm_batch=16,
         wm_frames=8,
         wm_steps=5,
         sample_rollouts=(1, 4, 16, 64),
@@ -387,7 +387,7 @@ def _child_env(key: str, preset: str) -> dict:
     elif side == "both":
         env["XLA_PYTHON_CLIENT_PREALLOCATE"] = "false"  # torch holds its model on the GPU too
     else:
-        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.92")
+        env.setdefault("XLA_PYTHON_CLIENT_MEM_FRACTION", "0.95")  # alone on the GPU
     if preset == "paper":
         # A rerun on the same machine (the second command of a lease) reuses compilations.
         cache = env.get("VLAW_JAX_CACHE", os.path.join(ROOT, ".cache", "jax"))
@@ -691,9 +691,10 @@ def run_suite(args) -> int:
 
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
-    stopped = None
+    stopped, current, part_start = None, None, start
     try:
         for key in keys:
+            current, part_start = key, time.perf_counter()
             left = budget - (time.perf_counter() - start)
             if left < MIN_PART_S:
                 outcomes[key] = Outcome(key, "not run", detail="suite budget spent")
@@ -706,6 +707,15 @@ def run_suite(args) -> int:
             summarise(outcomes, header, out_dir)
     except Stopped as signal_name:
         stopped = str(signal_name)
+        if current is not None and current not in outcomes:
+            # The part in flight: its child group was killed; whatever JSON it wrote stays.
+            partial = os.path.join(out_dir, f"{current}.json")
+            result = None
+            if os.path.exists(partial):
+                with open(partial) as f:
+                    result = json.load(f)
+            seconds = time.perf_counter() - part_start
+            outcomes[current] = Outcome(current, "stopped", seconds, 0.0, stopped, result)
         for key in keys:
             outcomes.setdefault(key, Outcome(key, "not run", detail=f"suite stopped ({stopped})"))
     header["wall_s"] = time.perf_counter() - start

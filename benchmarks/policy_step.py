@@ -115,9 +115,9 @@ def benchmark_model_config(preset: str, remat: str = "nothing_saveable"):
 
 
 def jax_train_step(model_config, batch_size: int):
-    """(init(rng) -> TrainState, the jitted train step with the state donated): the
-    `train_policy` phase's step on pi0.5 at `model_config`. `memory_plan.py` lowers the same
-    pair on abstract shapes."""
+    """(init(rng) -> TrainState, the jitted train step with the state donated, its
+    loss_fn(params, batch, rng)): the `train_policy` phase's step on pi0.5 at `model_config`.
+    `memory_plan.py` lowers the same step on abstract shapes."""
     import functools
 
     import flax.linen as nn
@@ -144,10 +144,11 @@ def jax_train_step(model_config, batch_size: int):
             nonfinite_count=jnp.zeros((), jnp.int32),
         )
 
+    loss_fn = make_loss_fn(pi05.Pi05(model_config))
     step = jax.jit(
         functools.partial(
             trainer.train_step,
-            loss_fn=make_loss_fn(pi05.Pi05(model_config)),
+            loss_fn=loss_fn,
             tx=tx,
             schedule=optim.learning_rate_schedule(train_config),
             ema_decay=0.0,
@@ -155,13 +156,13 @@ def jax_train_step(model_config, batch_size: int):
         ),
         donate_argnums=(0,),
     )
-    return init, step
+    return init, step, loss_fn
 
 
 def run_jax(model_config, args) -> dict:
     import jax
 
-    init, step = jax_train_step(model_config, args.batch)
+    init, step, _ = jax_train_step(model_config, args.batch)
     state = jax.jit(init)(jax.random.key(0))
     num_params = sum(x.size for x in jax.tree.leaves(state.params))
     batch = jax.device_put(fake_batch(model_config, args.batch, args.prompt_tokens))

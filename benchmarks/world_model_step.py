@@ -48,8 +48,8 @@ def jax_inputs(cfg: UNetConfig, batch: int, frames: int, height: int, width: int
 
 def jax_train_step(cfg: UNetConfig, batch, frames, height, width):
     """(init(rng) -> TrainState, the jitted train step with the state donated, the batch as
-    numpy arrays): the UNet train step this script times. `memory_plan.py` lowers the same
-    pair on abstract shapes."""
+    numpy arrays, its loss_fn(params, batch, rng)): the UNet train step this script times.
+    `memory_plan.py` lowers the same step on abstract shapes."""
     model = UNetSpatioTemporal(cfg)
     data = jax_inputs(cfg, batch, frames, height, width)
 
@@ -88,12 +88,12 @@ def jax_train_step(cfg: UNetConfig, batch, frames, height, width):
         ),
         donate_argnums=(0,),
     )
-    return init, step, data
+    return init, step, data, loss_fn
 
 
 def bench_jax(cfg: UNetConfig, batch, frames, height, width, steps) -> tuple[float, float]:
     """(median step seconds, model FLOPs per step) of the JAX train step."""
-    init, step, data = jax_train_step(cfg, batch, frames, height, width)
+    init, step, data, _ = jax_train_step(cfg, batch, frames, height, width)
     state = jax.jit(init)(jax.random.key(0))
     data = {k: jnp.asarray(v) for k, v in data.items()}
     model_flops = 3.0 * unet_forward_flops(cfg, batch, frames, height, width)

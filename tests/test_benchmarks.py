@@ -116,6 +116,19 @@ def test_driver_times_out_and_reports_failures(tmp_path):
     assert gpu_suite._classify(1, str(log))[0] == "out of memory"
 
 
+def test_suite_stopped_from_outside_leaves_its_table(tmp_path):
+    """`timeout` sends SIGTERM: the part in flight is killed with its children, the table and
+    suite.json are still written, and the exit status says so."""
+    out = tmp_path / "out"
+    command = ["timeout", "6", "bash", "benchmarks/gpu_suite.sh", "--preset=tiny", f"--out={out}"]
+    proc = _run([*command, "--parts=policy_step"], 60)
+    assert proc.returncode == 124, proc.stdout + proc.stderr
+    summary = json.loads((out / "suite.json").read_text())
+    assert summary["parts"]["policy_step.jax"]["status"] == "stopped"
+    assert summary["parts"]["policy_step.torch"]["status"] == "not run"
+    assert "| policy_step | jax | **stopped**: SIGTERM" in (out / "table.md").read_text()
+
+
 def test_results_writer_refuses_cpu_figures(tmp_path):
     outcomes = {k: gpu_suite.Outcome(k, "ok", 1.0, 1.0, "", r) for k, r in _fake_results().items()}
     header = dict(preset="tiny", date="2026-12-06", commit="abc1234", device="cpu (cpu)")
