@@ -547,6 +547,8 @@ def table_rows(outcomes: dict[str, Outcome]) -> list[list[str]]:
                     ratio = peer_row["chunk_s"] / row["chunk_s"]
             elif row and row.get("failure"):
                 figure = f"failed: {row['failure']}"
+            elif r and n is not None:
+                figure = "not run at this count"
             rows.append(
                 [
                     "world_model_sample",
