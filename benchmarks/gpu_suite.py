@@ -52,6 +52,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
@@ -143,6 +144,7 @@ RESULT_KEYS = {
 }
 BUDGET_S = {"paper": 470, "tiny": 3600}
 MIN_PART_S = 30
+LOG_TAIL = 6000  # characters of each part's log kept in logs.txt
 PAPER_EULER_STEPS = 50
 
 
@@ -406,9 +408,10 @@ def _classify(returncode: int, log_path: str) -> tuple[str, str]:
     return "failed", f"exit {returncode}: {last}"
 
 
-def run_part(key: str, preset: str, out_dir: str, cap_s: float, settings: dict) -> Outcome:
-    json_path = os.path.join(out_dir, f"{key}.json")
-    log_path = os.path.join(out_dir, f"{key}.log")
+def run_part(key: str, preset: str, work_dir: str, cap_s: float, settings: dict) -> Outcome:
+    """Runs one part as a subprocess; its JSON and log go to `work_dir`."""
+    json_path = os.path.join(work_dir, f"{key}.json")
+    log_path = os.path.join(work_dir, f"{key}.log")
     if os.path.exists(json_path):
         os.remove(json_path)  # a previous run's figures must not pass for this one's
     command = [
@@ -618,7 +621,10 @@ def git_commit() -> str:
     return (sha + ("+uncommitted" if dirty else "")) if sha else "unknown (no git)"
 
 
-def summarise(outcomes: dict[str, Outcome], header: dict, out_dir: str) -> str:
+def summarise(outcomes: dict[str, Outcome], header: dict, out_dir: str, work_dir: str) -> str:
+    """Writes the suite's three files to `out_dir` (suite.json with every part's figures,
+    table.md, logs.txt with the end of each part's log): few files, as a device lease returns
+    only a handful from $OUT. Returns the table."""
     for outcome in outcomes.values():
         if outcome.result and outcome.result.get("device") and header.get("device") in (None, "-"):
             header["device"] = outcome.result["device"]
@@ -627,6 +633,12 @@ def summarise(outcomes: dict[str, Outcome], header: dict, out_dir: str) -> str:
     write_json(os.path.join(out_dir, "suite.json"), summary)
     with open(os.path.join(out_dir, "table.md"), "w") as f:
         f.write(table + "\n")
+    with open(os.path.join(out_dir, "logs.txt"), "w") as f:
+        for key in outcomes:
+            log_path = os.path.join(work_dir, f"{key}.log")
+            if os.path.exists(log_path):
+                with open(log_path, errors="replace") as log:
+                    f.write(f"===== {key} (last {LOG_TAIL} characters)\n{log.read()[-LOG_TAIL:]}\n")
     return table
 
 
@@ -659,7 +671,9 @@ def append_results(summary: dict, path: str, *, allow_cpu: bool = False) -> None
 def run_suite(args) -> int:
     preset = args.preset
     out_dir = os.path.abspath(args.out)
+    work_dir = os.path.abspath(args.work or tempfile.mkdtemp(prefix="vlaw_gpu_suite_"))
     os.makedirs(out_dir, exist_ok=True)
+    os.makedirs(work_dir, exist_ok=True)
     keys = [k for k in PART_ORDER if not args.parts or k.split(".")[0] in args.parts]
     if args.parts:
         unknown = set(args.parts) - {k.split(".")[0] for k in PART_ORDER}
@@ -684,6 +698,7 @@ def run_suite(args) -> int:
         device="-",
         budget_s=budget,
         out=out_dir,
+        work=work_dir,
     )
     outcomes: dict[str, Outcome] = {}
     start = time.perf_counter()
@@ -703,15 +718,15 @@ def run_suite(args) -> int:
                 continue
             cap = min(caps[key], left)
             print(f"[suite] {key}: cap {cap:.0f} s ({left:.0f} s of budget left)", flush=True)
-            outcomes[key] = run_part(key, preset, out_dir, cap, settings)
+            outcomes[key] = run_part(key, preset, work_dir, cap, settings)
             print(f"[suite] {key}: {_status(outcomes[key])}", flush=True)
             header["wall_s"] = time.perf_counter() - start
-            summarise(outcomes, header, out_dir)
+            summarise(outcomes, header, out_dir, work_dir)
     except Stopped as signal_name:
         stopped = str(signal_name)
         if current is not None and current not in outcomes:
             # The part in flight: its child group was killed; whatever JSON it wrote stays.
-            partial = os.path.join(out_dir, f"{current}.json")
+            partial = os.path.join(work_dir, f"{current}.json")
             result = None
             if os.path.exists(partial):
                 with open(partial) as f:
@@ -721,10 +736,10 @@ def run_suite(args) -> int:
         for key in keys:
             outcomes.setdefault(key, Outcome(key, "not run", detail=f"suite stopped ({stopped})"))
     header["wall_s"] = time.perf_counter() - start
-    table = summarise(outcomes, header, out_dir)
+    table = summarise(outcomes, header, out_dir, work_dir)
     print()
     print(table, flush=True)
-    print(f"\n[suite] {header['wall_s']:.0f} s; JSON, logs and table.md in {out_dir}")
+    print(f"\n[suite] {header['wall_s']:.0f} s; suite.json, table.md, logs.txt in {out_dir}")
     with open(os.path.join(out_dir, "suite.json")) as f:
         summary = json.load(f)
     with open(os.path.join(out_dir, "results_section.md"), "w") as f:
@@ -745,6 +760,7 @@ def main() -> None:
     parser.add_argument(
         "--out", default=os.environ.get("OUT") or os.path.join(HERE, "gpu_suite_results")
     )
+    parser.add_argument("--work", help="each part's JSON and log (default: a new temp dir)")
     parser.add_argument("--budget_s", type=float, help="the whole suite's time (default 470)")
     parser.add_argument("--cap", action="append", help="KEY=SECONDS, e.g. imagine.jax=200")
     parser.add_argument(
@@ -752,7 +768,9 @@ def main() -> None:
     )
     parser.add_argument(
         "--results",
-        help="also append the section to this RESULTS.md (refused unless GPU at paper size)",
+        default=os.path.join(HERE, "RESULTS.md"),
+        help="RESULTS.md the section is appended to, only for a GPU at paper size ('' = none; "
+        "on a lent device the tree does not come back: results_section.md in --out does)",
     )
     parser.add_argument("--append_results", metavar="DIR", help="append DIR/suite.json, exit")
     parser.add_argument("--worker", help=argparse.SUPPRESS)
@@ -765,9 +783,8 @@ def main() -> None:
     if args.append_results:
         with open(os.path.join(args.append_results, "suite.json")) as f:
             summary = json.load(f)
-        path = args.results or os.path.join(HERE, "RESULTS.md")
-        append_results(summary, path)
-        print(f"appended to {path}")
+        append_results(summary, args.results)
+        print(f"appended to {args.results}")
         return
     sys.exit(run_suite(args))
 

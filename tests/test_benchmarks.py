@@ -120,8 +120,8 @@ def test_suite_stopped_from_outside_leaves_its_table(tmp_path):
     """`timeout` sends SIGTERM: the part in flight is killed with its children, the table and
     suite.json are still written, and the exit status says so."""
     out = tmp_path / "out"
-    command = ["timeout", "6", "bash", "benchmarks/gpu_suite.sh", "--preset=tiny", f"--out={out}"]
-    proc = _run([*command, "--parts=policy_step"], 60)
+    suite = ["bash", "benchmarks/gpu_suite.sh", "--preset=tiny", f"--out={out}", "--results="]
+    proc = _run(["timeout", "6", *suite, f"--work={tmp_path}", "--parts=policy_step"], 60)
     assert proc.returncode == 124, proc.stdout + proc.stderr
     summary = json.loads((out / "suite.json").read_text())
     assert summary["parts"]["policy_step.jax"]["status"] == "stopped"
@@ -159,7 +159,8 @@ def _run(args, timeout, env=None):
 def test_whole_suite_at_tiny(tmp_path):
     """Every part, both sides, at tiny size on the CPU (about 10 minutes on 2 busy cores)."""
     out = tmp_path / "out"
-    proc = _run(["bash", "benchmarks/gpu_suite.sh", "--preset=tiny", f"--out={out}"], 3000)
+    suite = ["bash", "benchmarks/gpu_suite.sh", "--preset=tiny", f"--out={out}", "--results="]
+    proc = _run([*suite, f"--work={tmp_path}"], 3000)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     summary = json.loads((out / "suite.json").read_text())
     for key in gpu_suite.PART_ORDER:
@@ -176,6 +177,8 @@ def test_whole_suite_at_tiny(tmp_path):
         assert f"| {part} |" in table
     assert "failed" not in table and "timeout" not in table
     assert (out / "results_section.md").exists()
+    # What comes back from a lease's $OUT: a handful of files.
+    assert sorted(os.listdir(out)) == ["logs.txt", "results_section.md", "suite.json", "table.md"]
 
 
 @pytest.mark.slow
