@@ -9,10 +9,13 @@ in one command under 8 minutes of device time, one table at the end.
 (benchmarks/README.md has the exact device command.) Each part runs in its own subprocess with
 its own time cap, so a part that runs out of time or memory is reported as such in the table
 and the suite goes on; a part whose program failed says how. A part writes its JSON as soon as
-it is done (the sampler after each rollout count), and the driver rewrites `suite.json` and
-`table.md` after every part, so a suite stopped from outside (`timeout 560`) leaves everything
-measured so far on disk, under `--out` (default: `$OUT` when set, else
-`benchmarks/gpu_suite_results`).
+it is done (the sampler after each rollout count) into `--work`, and after every part the
+driver rewrites, under `--out` (default: `$OUT` when set, else `benchmarks/gpu_suite_results`),
+`suite.json` (every part's status and figures), `table.md` and `logs.txt` (each part's log
+tail), so a suite stopped from outside (`timeout 560`: SIGTERM) leaves everything measured so
+far there, with `results_section.md`, the RESULTS.md section, at the end. Four files: a lease
+returns at most eight from $OUT. On a GPU at paper size the section is also appended to
+`--results` (benchmarks/RESULTS.md).
 
 Parts (paper size; the analytic FLOPs and the peers are each script's, see their docstrings):
 - policy_step: pi0.5 train step, batch 32, examples/s and MFU; peer transformers SigLIP +
