@@ -164,6 +164,12 @@ def _torch_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def _torch_device_name(device: str) -> str:
+    import torch
+
+    return f"{torch.cuda.get_device_name(0)} (cuda)" if device == "cuda" else "cpu (torch)"
+
+
 def _jax_device() -> str:
     import jax
 
@@ -186,7 +192,10 @@ def policy_step_worker(side: str, preset: str, s: dict, write) -> dict:
         result = policy_step.run_jax(model_config, args)
     else:
         torch_device = _torch_device()
-        peak, device = policy_step.torch_peak(matmul, torch_device), torch_device
+        peak, device = (
+            policy_step.torch_peak(matmul, torch_device),
+            _torch_device_name(torch_device),
+        )
         result = policy_step.run_torch(model_config, args, torch_device)
     flops = policy_step.step_flops(model_config, args.batch, with_expert=side == "jax")
     return dict(
@@ -224,6 +233,7 @@ def world_model_step_worker(side: str, preset: str, s: dict, write) -> dict:
         )
         if step_s is None:
             raise RuntimeError("diffusers or torch is not installed")
+        device = _torch_device_name(device)
     return dict(
         device=device,
         peak_flops=peak,
@@ -285,7 +295,8 @@ def world_model_sample_worker(side: str, preset: str, s: dict, write) -> dict:
 
         device = _torch_device()
         peak = policy_step.torch_peak(8192 if device == "cuda" else 512, device)
-        out.update(device=device, peak_flops=peak, compute="bf16" if device == "cuda" else "fp32")
+        compute = "bf16" if device == "cuda" else "fp32"
+        out.update(device=_torch_device_name(device), peak_flops=peak, compute=compute)
         torch_bench, _ = wms.torch_sampler(cfg, device)
 
         def bench(n):
@@ -322,6 +333,7 @@ def reward_label_worker(side: str, preset: str, s: dict, write) -> dict:
     result = reward_label.measure(args)
     return dict(
         result,
+        device=_jax_device(),
         peak_flops=peak,
         episodes_per_s=result["batch"] / result["ours_s"],
         peer_episodes_per_s=result["batch"] / result["theirs_s"],
@@ -664,7 +676,8 @@ def results_section(summary: dict) -> str:
 def append_results(summary: dict, path: str, *, allow_cpu: bool = False) -> None:
     """Appends the section to RESULTS.md; refuses figures not taken on a GPU at paper size
     (a smoke run says nothing about performance) unless `allow_cpu` (tests)."""
-    on_gpu = "(gpu)" in str(summary.get("device", "")) and summary.get("preset") == "paper"
+    device = str(summary.get("device", ""))
+    on_gpu = ("(gpu)" in device or "(cuda)" in device) and summary.get("preset") == "paper"
     if not (on_gpu or allow_cpu):
         raise ValueError(
             f"not appending to {path}: these figures are from {summary.get('device')!r} at "
