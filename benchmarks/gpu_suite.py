@@ -374,6 +374,11 @@ def run_worker(key: str, preset: str, path: str, settings: dict) -> None:
 
     result = WORKERS[part](side, preset, settings, write)
     result = dict(result, part=part, side=side, preset=preset, partial=False)
+    result["versions"] = {  # of what this part imported
+        name: getattr(sys.modules[name], "__version__", "?")
+        for name in ("jax", "jaxlib", "flax", "torch", "transformers", "diffusers")
+        if name in sys.modules
+    }
     result["wall_s"] = time.perf_counter() - start
     write_json(path, result)
 
