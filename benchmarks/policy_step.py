@@ -102,23 +102,36 @@ def fake_batch(model_config, batch: int, prompt_tokens: int) -> dict[str, np.nda
     }
 
 
-def run_jax(model_config, args) -> dict:
+def benchmark_model_config(preset: str, remat: str = "nothing_saveable"):
+    """pi0.5 as benchmarked: bf16 compute, fp32 masters, openpi's 200-token prompt at paper."""
+    from vlaw.models.policy import pi05
+
+    model_config = pi05.pi05_config(
+        preset, dtype="bfloat16", param_dtype="float32", remat_policy=remat
+    )
+    if preset == "paper":
+        model_config = dataclasses.replace(model_config, max_token_len=200)
+    return model_config
+
+
+def jax_train_step(model_config, batch_size: int):
+    """(init(rng) -> TrainState, the jitted train step with the state donated, its
+    loss_fn(params, batch, rng)): the `train_policy` phase's step on pi0.5 at `model_config`.
+    `memory_plan.py` lowers the same step on abstract shapes."""
     import functools
 
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
-    import ml_collections
 
     from vlaw.agents.policy import make_loss_fn
     from vlaw.config import _train_section
     from vlaw.models.policy import pi05
     from vlaw.train import optim, trainer
 
-    train_config: ml_collections.ConfigDict = _train_section(1000, args.batch, 5e-5)
+    train_config = _train_section(1000, batch_size, 5e-5)
     tx = optim.make_optimizer(train_config)
 
-    @jax.jit
     def init(rng):
         params = nn.unbox(pi05.init_params(model_config, rng)["params"])
         params = optim.cast_floating(params, jnp.float32)
@@ -131,12 +144,11 @@ def run_jax(model_config, args) -> dict:
             nonfinite_count=jnp.zeros((), jnp.int32),
         )
 
-    state = init(jax.random.key(0))
-    num_params = sum(x.size for x in jax.tree.leaves(state.params))
+    loss_fn = make_loss_fn(pi05.Pi05(model_config))
     step = jax.jit(
         functools.partial(
             trainer.train_step,
-            loss_fn=make_loss_fn(pi05.Pi05(model_config)),
+            loss_fn=loss_fn,
             tx=tx,
             schedule=optim.learning_rate_schedule(train_config),
             ema_decay=0.0,
@@ -144,6 +156,15 @@ def run_jax(model_config, args) -> dict:
         ),
         donate_argnums=(0,),
     )
+    return init, step, loss_fn
+
+
+def run_jax(model_config, args) -> dict:
+    import jax
+
+    init, step, _ = jax_train_step(model_config, args.batch)
+    state = jax.jit(init)(jax.random.key(0))
+    num_params = sum(x.size for x in jax.tree.leaves(state.params))
     batch = jax.device_put(fake_batch(model_config, args.batch, args.prompt_tokens))
     compile_start = time.perf_counter()
     compiled = step.lower(state, batch).compile()
@@ -187,31 +208,32 @@ def run_torch(model_config, args, device: str) -> dict:
     from transformers import GemmaConfig, GemmaModel, SiglipVisionConfig, SiglipVisionModel
 
     s, llm = model_config.siglip, model_config.llm
-    vision = SiglipVisionModel(
-        SiglipVisionConfig(
-            hidden_size=s.width,
-            intermediate_size=s.mlp_dim,
-            num_hidden_layers=s.depth,
-            num_attention_heads=s.num_heads,
-            image_size=s.image_size,
-            patch_size=s.patch_size,
-            attn_implementation="sdpa",
+    with torch.device(device):  # random init on the GPU: much faster than on the CPU
+        vision = SiglipVisionModel(
+            SiglipVisionConfig(
+                hidden_size=s.width,
+                intermediate_size=s.mlp_dim,
+                num_hidden_layers=s.depth,
+                num_attention_heads=s.num_heads,
+                image_size=s.image_size,
+                patch_size=s.patch_size,
+                attn_implementation="sdpa",
+            )
         )
-    )
-    language = GemmaModel(
-        GemmaConfig(
-            vocab_size=model_config.vocab_size,
-            hidden_size=llm.width,
-            intermediate_size=llm.mlp_dim,
-            num_hidden_layers=llm.depth,
-            num_attention_heads=llm.num_heads,
-            num_key_value_heads=llm.num_kv_heads,
-            head_dim=llm.head_dim,
-            max_position_embeddings=8192,
-            attn_implementation="sdpa",
+        language = GemmaModel(
+            GemmaConfig(
+                vocab_size=model_config.vocab_size,
+                hidden_size=llm.width,
+                intermediate_size=llm.mlp_dim,
+                num_hidden_layers=llm.depth,
+                num_attention_heads=llm.num_heads,
+                num_key_value_heads=llm.num_kv_heads,
+                head_dim=llm.head_dim,
+                max_position_embeddings=8192,
+                attn_implementation="sdpa",
+            )
         )
-    )
-    projector = torch.nn.Linear(s.width, llm.width)
+        projector = torch.nn.Linear(s.width, llm.width)
     modules = torch.nn.ModuleList([vision, projector, language]).to(device)  # fp32 masters
     for tower in (vision, language):
         # transformers >= 5 renamed it; the old name warns.
@@ -273,14 +295,8 @@ def main() -> None:
 
     import jax
 
-    from vlaw.models.policy import pi05
-
     on_gpu = jax.default_backend() == "gpu"
-    model_config = pi05.pi05_config(
-        args.preset, dtype="bfloat16", param_dtype="float32", remat_policy=args.remat
-    )
-    if args.preset == "paper":
-        model_config = dataclasses.replace(model_config, max_token_len=200)
+    model_config = benchmark_model_config(args.preset, args.remat)
     print(f"device: {jax.devices()[0].device_kind} ({jax.default_backend()}), preset {args.preset}")
     print(f"batch {args.batch}, {args.steps} timed steps after {args.warmup} warm-up")
 

@@ -120,6 +120,31 @@ def main() -> None:
     parser.add_argument("--width", type=int, default=320)
     parser.add_argument("--tokenizer_path", default="", help="Qwen3-VL tokenizer dir (paper)")
     args = parser.parse_args()
+    result = measure(args)
+    print(
+        f"\nreward labelling, preset={args.preset}, {args.frames} frames {args.height}x"
+        f"{args.width} -> {result['video_height']}x{result['video_width']}, batch "
+        f"{result['batch']}, prompt {result['prompt_tokens']} tokens, {result['iters']} timed "
+        f"batches, device {result['device']}"
+    )
+    print("| side | episodes/s | ms/batch | vs transformers |")
+    print("|---|---:|---:|---:|")
+    for name, key in (
+        ("transformers Qwen3VLForConditionalGeneration", "theirs"),
+        ("vlaw answer_probabilities (inputs on device)", "ours"),
+        ("vlaw end to end (host prep + upload + read-out)", "ours_end_to_end"),
+    ):
+        seconds = result[f"{key}_s"]
+        ratio = result["theirs_s"] / seconds
+        print(
+            f"| {name} | {result['batch'] / seconds:,.1f} | {1e3 * seconds:,.1f} | {ratio:.2f}x |"
+        )
+    print(f"max |P(yes) vlaw - transformers| = {result['max_abs_diff']:.2e}")
+
+
+def measure(args) -> dict:
+    """Both sides on the same episodes and weights; seconds per batch of each, as a dict (the
+    keys gpu_suite.py reads). `args`: this script's flags."""
     import torch
     from transformers import Qwen3VLForConditionalGeneration
 
@@ -234,22 +259,18 @@ def main() -> None:
     t_ours = timed(ours, sync_jax, iters)
     t_e2e = timed(ours_end_to_end, sync_jax, iters)
     t_theirs = timed(theirs, sync_torch, iters)
-    where = jax.devices()[0].device_kind if gpu else "CPU"
-    print(
-        f"\nreward labelling, preset={args.preset}, {args.frames} frames {args.height}x"
-        f"{args.width} -> {video.shape[2]}x{video.shape[3]}, batch {batch}, prompt "
-        f"{ids.shape[1]} tokens, {iters} timed batches, device {where}"
+    return dict(
+        batch=batch,
+        iters=iters,
+        prompt_tokens=int(ids.shape[1]),
+        video_height=int(video.shape[2]),
+        video_width=int(video.shape[3]),
+        device=jax.devices()[0].device_kind if gpu else "CPU",
+        ours_s=t_ours,
+        ours_end_to_end_s=t_e2e,
+        theirs_s=t_theirs,
+        max_abs_diff=float(np.max(np.abs(p_ours - p_theirs))),
     )
-    print("| side | episodes/s | ms/batch | vs transformers |")
-    print("|---|---:|---:|---:|")
-    for name, seconds in (
-        ("transformers Qwen3VLForConditionalGeneration", t_theirs),
-        ("vlaw answer_probabilities (inputs on device)", t_ours),
-        ("vlaw end to end (host prep + upload + read-out)", t_e2e),
-    ):
-        ratio = t_theirs / seconds
-        print(f"| {name} | {batch / seconds:,.1f} | {1e3 * seconds:,.1f} | {ratio:.2f}x |")
-    print(f"max |P(yes) vlaw - transformers| = {np.max(np.abs(p_ours - p_theirs)):.2e}")
 
 
 if __name__ == "__main__":

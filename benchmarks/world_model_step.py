@@ -46,10 +46,12 @@ def jax_inputs(cfg: UNetConfig, batch: int, frames: int, height: int, width: int
     }
 
 
-def bench_jax(cfg: UNetConfig, batch, frames, height, width, steps) -> tuple[float, float]:
-    """(median step seconds, model FLOPs per step) of the JAX train step."""
+def jax_train_step(cfg: UNetConfig, batch, frames, height, width):
+    """(init(rng) -> TrainState, the jitted train step with the state donated, the batch as
+    numpy arrays, its loss_fn(params, batch, rng)): the UNet train step this script times.
+    `memory_plan.py` lowers the same step on abstract shapes."""
     model = UNetSpatioTemporal(cfg)
-    data = {k: jnp.asarray(v) for k, v in jax_inputs(cfg, batch, frames, height, width).items()}
+    data = jax_inputs(cfg, batch, frames, height, width)
 
     def forward(params, b):
         out = model.apply({"params": params}, b["sample"], b["timesteps"], b["context"], b["ids"])
@@ -60,20 +62,21 @@ def bench_jax(cfg: UNetConfig, batch, frames, height, width, steps) -> tuple[flo
         loss = forward(params, b)
         return loss, {}
 
-    init = jax.jit(
-        lambda rng: model.init(rng, data["sample"], data["timesteps"], data["context"], data["ids"])
-    )
-    params = optim.cast_floating(nn.unbox(init(jax.random.key(0))["params"]), "float32")
     train_cfg = _train_cfg()
     tx = optim.make_optimizer(train_cfg)
-    state = trainer.TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        ema_params=None,
-        opt_state=tx.init(params),
-        rng=jax.random.PRNGKey(0),
-        nonfinite_count=jnp.zeros((), jnp.int32),
-    )
+
+    def init(rng):
+        variables = model.init(rng, data["sample"], data["timesteps"], data["context"], data["ids"])
+        params = optim.cast_floating(nn.unbox(variables["params"]), "float32")
+        return trainer.TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            ema_params=None,
+            opt_state=tx.init(params),
+            rng=jax.random.PRNGKey(0),
+            nonfinite_count=jnp.zeros((), jnp.int32),
+        )
+
     step = jax.jit(
         functools.partial(
             trainer.train_step,
@@ -85,6 +88,14 @@ def bench_jax(cfg: UNetConfig, batch, frames, height, width, steps) -> tuple[flo
         ),
         donate_argnums=(0,),
     )
+    return init, step, data, loss_fn
+
+
+def bench_jax(cfg: UNetConfig, batch, frames, height, width, steps) -> tuple[float, float]:
+    """(median step seconds, model FLOPs per step) of the JAX train step."""
+    init, step, data, _ = jax_train_step(cfg, batch, frames, height, width)
+    state = jax.jit(init)(jax.random.key(0))
+    data = {k: jnp.asarray(v) for k, v in data.items()}
     model_flops = 3.0 * unet_forward_flops(cfg, batch, frames, height, width)
     state, metrics = step(state, data)  # compile + warm-up
     jax.block_until_ready(metrics)
@@ -95,6 +106,20 @@ def bench_jax(cfg: UNetConfig, batch, frames, height, width, steps) -> tuple[flo
         jax.block_until_ready(metrics)
         times.append(time.perf_counter() - start)
     return float(np.median(times)), model_flops
+
+
+def benchmark_unet_config(preset: str, on_gpu: bool) -> UNetConfig:
+    """The UNet as benchmarked: bf16 compute and remat `nothing_saveable` on a GPU (fp32 and no
+    remat on a CPU, where bf16 convolutions compile for minutes)."""
+    compute = "bfloat16" if on_gpu else "float32"
+    remat = "nothing_saveable" if on_gpu else "none"
+    return dataclasses.replace(UNetConfig.preset(preset), dtype=compute, remat_policy=remat)
+
+
+def latent_size(preset: str) -> tuple[int, int]:
+    """(H, W) of the latents: three views stacked along the height, 24x40 each at paper size,
+    4x8 at tiny/sim (a smoke size)."""
+    return (72, 40) if preset == "paper" else (12, 8)
 
 
 def _train_cfg():
@@ -160,11 +185,9 @@ def main():
     parser.add_argument("--torch", action=argparse.BooleanOptionalAction, default=True)
     args = parser.parse_args()
     on_gpu = jax.default_backend() == "gpu"
-    compute = "bfloat16" if on_gpu else "float32"
-    remat = "nothing_saveable" if on_gpu else "none"
-    cfg = dataclasses.replace(UNetConfig.preset(args.preset), dtype=compute, remat_policy=remat)
-    # Three views stacked along height: 24x40 per view at paper size, 4x8 at tiny/sim smoke.
-    height, width = (72, 40) if args.preset == "paper" else (12, 8)
+    cfg = benchmark_unet_config(args.preset, on_gpu)
+    compute, remat = cfg.dtype, cfg.remat_policy
+    height, width = latent_size(args.preset)
     peak = matmul_peak(on_gpu)
     print(
         f"device: {jax.devices()[0].device_kind}; peak {'bf16' if on_gpu else 'fp32'} "

@@ -466,14 +466,55 @@ class TrainedPolicy:
         step = checkpoints.latest_step(checkpoint_dir)
         if step is None:
             raise FileNotFoundError(f"no policy checkpoint step under {checkpoint_dir}")
-        self.checkpoint = os.path.join(os.path.abspath(checkpoint_dir), str(step))
-        self.config = model_config_from_spec(spec)
-        self.model = pi05.Pi05(self.config)
-        self.camera_slots = tuple(spec["camera_slots"])
-        self.open_loop_steps = int(spec.get("open_loop_steps", 8))
-        self.preprocessor = preprocessor_for(checkpoint_dir, self.config)
-        abstract = nn.unbox(pi05.abstract_params(self.config))["params"]
-        self.params = {"params": checkpoints.restore_on_one_device(checkpoint_dir, abstract)}
+        config = model_config_from_spec(spec)
+        abstract = nn.unbox(pi05.abstract_params(config))["params"]
+        self._setup(
+            config,
+            checkpoints.restore_on_one_device(checkpoint_dir, abstract),
+            preprocessor_for(checkpoint_dir, config),
+            checkpoint=os.path.join(os.path.abspath(checkpoint_dir), str(step)),
+            camera_slots=tuple(spec["camera_slots"]),
+            open_loop_steps=int(spec.get("open_loop_steps", 8)),
+            seed=seed,
+        )
+
+    @classmethod
+    def from_params(
+        cls,
+        config: pi05.Pi05Config,
+        params: Any,
+        preprocessor: "Preprocessor",
+        *,
+        checkpoint: str = "",
+        camera_slots: Sequence[str] = CAMERA_SLOTS,
+        open_loop_steps: int = 8,
+        seed: int = 0,
+    ) -> "TrainedPolicy":
+        """A policy from parameters in hand (`Pi05(config)`'s unboxed "params" tree) and its
+        preprocessing, no directory: for benchmarks of the acting path at sizes whose
+        checkpoints would cost minutes to write and read back."""
+        policy = cls.__new__(cls)
+        policy._setup(
+            config,
+            params,
+            preprocessor,
+            checkpoint=checkpoint,
+            camera_slots=tuple(camera_slots),
+            open_loop_steps=open_loop_steps,
+            seed=seed,
+        )
+        return policy
+
+    def _setup(
+        self, config, params, preprocessor, *, checkpoint, camera_slots, open_loop_steps, seed
+    ) -> None:
+        self.checkpoint = checkpoint
+        self.config = config
+        self.model = pi05.Pi05(config)
+        self.camera_slots = camera_slots
+        self.open_loop_steps = open_loop_steps
+        self.preprocessor = preprocessor
+        self.params = {"params": params}
         self._rng = jax.random.PRNGKey(seed)
         self._calls = 0
 
