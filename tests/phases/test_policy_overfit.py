@@ -34,18 +34,23 @@ pytestmark = [
 ]
 
 NUM_DEMOS = 3
-# Not yet seen to pass: the recipe reached R^2 0.32 and 1 of 3 replays at 300 steps
-# (benchmarks/RESULTS.md); R^2 was still rising as the learning rate decayed.
+# Demonstrations collected so that NUM_DEMOS succeed: with the low-passed expert the first 5
+# noise-free layouts of seed 0's demo stream give 3 successes (the failures weigh 0 in training).
+COLLECTED_DEMOS = 5
+# With the smoother expert the recipe fits R^2 0.83 at 300 steps (was 0.32 with the old one;
+# benchmarks/RESULTS.md, "A smoother expert").
 OVERFIT_STEPS = 1000
+SUCCEEDED = [False, True, True, False, True]  # the expert on those layouts (seed 0, noise 0)
 
 
 def overfit_config():
     """The sim preset as it is, on 3 noise-free scoop demos, trained long enough to memorise
     them."""
     config = experiment_config(("scoop",), "sim")
-    config.loop.warmstart_demos_per_task = NUM_DEMOS
+    config.loop.warmstart_demos_per_task = COLLECTED_DEMOS
     config.sim.expert_noise = 0.0  # demonstrations whose arm commands the scene explains
     config.policy.train.steps = OVERFIT_STEPS
+    config.policy.train.learning_rate = 1e-3  # memorising, not generalising: as fast as stable
     config.policy.train.warmup_steps = 20
     config.ckpt.save_every_steps = OVERFIT_STEPS
     return config
@@ -58,8 +63,9 @@ def overfit(tmp_path_factory):
     workdir = str(tmp_path_factory.mktemp("policy_overfit"))
     config = overfit_config()
     pipeline.run_phase("collect", config, workdir, iteration=0)  # the demonstrations alone
-    demos = list(rlds_read.read_episodes(os.path.join(workdir, "demos")))
-    assert len(demos) == NUM_DEMOS and all(d.metadata.success for d in demos)
+    collected = list(rlds_read.read_episodes(os.path.join(workdir, "demos")))
+    demos = [d for d in collected if d.metadata.success]
+    assert [d.metadata.success for d in collected] == SUCCEEDED
     summary = pipeline.run_phase("train_policy", config, workdir, iteration=0)
     directory = workdir_lib.checkpoint_dir(workdir, "policy", 0)
     return config, workdir, demos, summary, policy_lib.load_policy(directory)
@@ -99,8 +105,12 @@ def test_policy_fits_its_three_demos(overfit):
 
 
 def test_policy_replays_its_three_demos_in_the_simulator(overfit):
-    config, _, _, _, policy = overfit
-    specs = workdir_lib.task_specs(config, "demo", 0, NUM_DEMOS)  # the demos' own layouts
+    config, _, demos, _, policy = overfit
+    specs = [  # the successful demos' own layouts (collect writes the demos in spec order)
+        spec
+        for spec, ok in zip(workdir_lib.task_specs(config, "demo", 0, COLLECTED_DEMOS), SUCCEEDED)
+        if ok
+    ]
     successes = []
     for pool, task_specs_ in task_pools(config, specs):
         for episode in policy_episodes(
