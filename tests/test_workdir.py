@@ -104,3 +104,23 @@ def test_a_second_process_is_refused_at_once_and_a_dead_holder_is_taken_over(tmp
     # The kernel released the dead holder's lock: the stale file is taken over.
     with workdir_lib.locked(str(tmp_path)), workdir_lib.locked(str(tmp_path)):  # re-entrant
         assert str(os.getpid()) in (tmp_path / workdir_lib.LOCK_FILE).read_text()
+
+
+def test_only_process_0_of_a_multi_host_job_takes_the_lock(tmp_path):
+    """The other processes of the job run under the chief's lock (they would be refused, or
+    deadlock at the phase's barriers); another job is still refused."""
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _HOLD, str(tmp_path)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with workdir_lib.locked(str(tmp_path), process_index=1):
+            assert str(holder.pid) in (tmp_path / workdir_lib.LOCK_FILE).read_text()
+        with (
+            pytest.raises(workdir_lib.WorkdirLockedError),
+            workdir_lib.locked(str(tmp_path), process_index=0),
+        ):
+            pass
+    finally:
+        holder.send_signal(signal.SIGKILL)
+        holder.wait()

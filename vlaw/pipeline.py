@@ -15,6 +15,7 @@ import time
 import ml_collections
 from absl import logging
 
+from vlaw import multihost
 from vlaw import workdir as workdir_lib
 
 # name -> "module:function". Ordered as Algorithm 1 runs them.
@@ -58,9 +59,11 @@ def adopt_phases(workdir: str, source: str, iteration: int, names) -> None:
 
 
 def write_config(config: ml_collections.ConfigDict, workdir: str) -> str:
-    """Writes the resolved config to workdir/config.json (and returns the path)."""
+    """Writes the resolved config to workdir/config.json (and returns the path); in a
+    multi-host job the chief alone writes it (the others hold the same config)."""
     path = os.path.join(workdir, "config.json")
-    workdir_lib.write_json(path, json.loads(config.to_json_best_effort()))
+    if multihost.is_chief():
+        workdir_lib.write_json(path, json.loads(config.to_json_best_effort()))
     return path
 
 
@@ -74,7 +77,7 @@ def run_phase(
     """Runs one phase of one iteration unless state.json says it is done (or `force`)."""
     if name not in PHASES:
         raise ValueError(f"unknown phase {name!r}; available: {sorted(PHASES)}")
-    with workdir_lib.locked(workdir):
+    with workdir_lib.locked(workdir, process_index=multihost.process_index()):
         return _run_phase_locked(name, config, workdir, iteration, force)
 
 
@@ -89,9 +92,10 @@ def _run_phase_locked(name, config, workdir: str, iteration: int, force: bool) -
     start = time.time()
     summary = dict(phase_fn(config, workdir, iteration))
     summary["seconds"] = round(time.time() - start, 2)
-    state = load_state(workdir)  # re-read: a phase may run for hours
-    state.setdefault(key, {})[name] = summary
-    _save_state(workdir, state)
+    if multihost.is_chief():  # one writer of state.json per job; the chief's summary is whole
+        state = load_state(workdir)  # re-read: a phase may run for hours
+        state.setdefault(key, {})[name] = summary
+        _save_state(workdir, state)
     logging.info("phase %s of %s done: %s", name, key, summary)
     return summary
 
@@ -102,7 +106,7 @@ def run_loop(config: ml_collections.ConfigDict, workdir: str, force: bool = Fals
     success table of the base policy and every iteration."""
     from vlaw.phases import loop  # the evaluation table's imports load with the loop only
 
-    with workdir_lib.locked(workdir):
+    with workdir_lib.locked(workdir, process_index=multihost.process_index()):
         for iteration, name in loop.schedule(config):
             run_phase(name, config, workdir, iteration, force)
     table = loop.results_table(config, workdir)

@@ -350,7 +350,7 @@ class WorkdirLockedError(RuntimeError):
 
 
 @contextlib.contextmanager
-def locked(workdir: str) -> Iterator[None]:
+def locked(workdir: str, *, process_index: int = 0) -> Iterator[None]:
     """Holds `workdir`'s lock while a phase (or the loop) runs in it.
 
     An advisory `flock` on `<workdir>/.lock`, which also records the holder (pid, host, start):
@@ -358,7 +358,17 @@ def locked(workdir: str) -> Iterator[None]:
     work and colliding at the end. The kernel drops the lock when its process dies (even by
     SIGKILL), so a stale lock file is simply taken over. Re-entrant within one process (the
     loop holds it around its phases).
+
+    `process_index`: this process's place in a multi-host job (`vlaw.multihost`), whose
+    processes all run the same phases in one shared run directory. Only process 0 takes the
+    lock; the others run under it. Were each to take it, the second would fail here (on one
+    host, or across hosts where the shared filesystem honours flock), or wait for the first
+    if it blocked, while the first waits for it at the phase's barriers: a deadlock. The lock
+    keeps other jobs out; the processes of this one coordinate by barriers instead.
     """
+    if process_index != 0:
+        yield
+        return
     key = os.path.abspath(workdir)
     if key in _held:
         _held[key][1] += 1

@@ -365,3 +365,116 @@ def test_rollouts_split_over_devices_equal_one_device(imagined, tmp_path):
             np.testing.assert_array_equal(single.observation[key], value, err_msg=key)
         for key, value in sharded.action_dict.items():
             np.testing.assert_allclose(single.action_dict[key], value, atol=1e-5, err_msg=key)
+
+
+_PROCESS = """
+import json, sys
+import jax
+port, index, workdir = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+jax.distributed.initialize(
+    coordinator_address=f"127.0.0.1:{port}", num_processes=2, process_id=index
+)
+from vlaw import pipeline
+from vlaw.config import experiment_config
+config = experiment_config(("scoop",), "tiny")
+config.loop.synthetic_rollouts_per_task = int(sys.argv[4])
+summary = pipeline.run_phase("imagine", config, workdir, iteration=1)
+print("SUMMARY", json.dumps(summary), flush=True)
+"""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _two_processes(workdir: str) -> tuple[dict, dict]:
+    """Runs the imagine phase of iteration 1 in `workdir` as a two-process job (jax.distributed
+    on the CPU, 2 devices each); the chief's summary and the other's."""
+    import json
+    import subprocess
+    import sys
+
+    env = {
+        **os.environ,
+        "JAX_PLATFORMS": "cpu",
+        "XLA_FLAGS": "--xla_force_host_platform_device_count=2",
+    }
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    port = _free_port()
+    processes = [
+        subprocess.Popen(
+            [sys.executable, "-c", _PROCESS, str(port), str(i), workdir, str(ROLLOUTS)],
+            cwd=root,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        for i in range(2)
+    ]
+    try:
+        outputs = [p.communicate(timeout=900)[0] for p in processes]
+    finally:
+        for p in processes:
+            p.kill()  # only if still running (a hang at a barrier)
+    for p, output in zip(processes, outputs, strict=True):
+        assert p.returncode == 0, output[-3000:]
+    summaries = [
+        json.loads(next(line for line in o.splitlines() if line.startswith("SUMMARY"))[8:])
+        for o in outputs
+    ]
+    return summaries[0], summaries[1]
+
+
+def _assert_written_as(episodes, workdir: str, other_workdir: str, summary: dict) -> None:
+    """`other_workdir`'s iter_01/synthetic holds `episodes` (written in `workdir`), bit for
+    bit, and state.json the chief's summary."""
+    state = pipeline.load_state(other_workdir)["iter_01"]["imagine"]
+    assert state["wrote_dataset"] and state["sim_success_rate"] == summary["sim_success_rate"]
+    assert not os.path.exists(os.path.join(other_workdir, "iter_01", ".synthetic.episodes"))
+    synthetic = os.path.join(other_workdir, "iter_01", "synthetic")
+    for one, two in zip(episodes, rlds_read.read_episodes(synthetic), strict=True):
+        assert _comparable(one.metadata, workdir) == _comparable(two.metadata, other_workdir)
+        for fields, two_fields in (
+            (one.observation, two.observation),
+            (one.action_dict, two.action_dict),
+        ):
+            assert set(fields) == set(two_fields)
+            for key, value in fields.items():
+                np.testing.assert_array_equal(two_fields[key], value, err_msg=key)
+
+
+@pytest.mark.slow  # two processes imagining a batch each on 2 shared CPU cores: 50-80 s
+def test_two_processes_write_what_one_process_writes(imagined, tmp_path):
+    """A two-process job on one shared copy of the prepared run directory: each process
+    imagines one of the two batches, the chief writes the dataset; it equals the fixture's,
+    written by one process (each batch over 2 of its devices, as here), episode by episode,
+    bit for bit. Both processes run under `pipeline.run_phase`, so the second one also shows
+    that the workdir's lock is the chief's alone."""
+    config, workdir, summary, episodes = imagined
+    _copy_prerequisites(workdir, str(tmp_path))
+    chief, other = _two_processes(str(tmp_path))
+    assert chief["wrote_dataset"] and not other["wrote_dataset"]
+    assert set(chief) == set(other) and other["sim_success_rate"] is None
+    assert chief["num_episodes"] == other["num_episodes"] == ROLLOUTS
+    # Each imagined its batch: 0 (two rollouts) and 1 (one, padded).
+    assert chief["seconds_per_interaction"] and other["seconds_per_interaction"]
+    _assert_written_as(episodes, workdir, str(tmp_path), summary)
+
+
+def test_two_processes_resume_what_one_process_staged(imagined, tmp_path):
+    """One process stages batch 0 and is stopped; a two-process job resumes: process 0 has
+    nothing left to imagine yet loads the policy with process 1 (a checkpoint's restore is a
+    collective: had it skipped it, both would hang), process 1 imagines batch 1, and the
+    dataset is the fixture's. ~35 s on 2 shared CPU cores: in the default run."""
+    config, workdir, summary, episodes = imagined
+    _copy_prerequisites(workdir, str(tmp_path))
+    imagine_phase.imagine_phase(config, str(tmp_path), 1, stop_after_batches=1, progress=False)
+    chief, other = _two_processes(str(tmp_path))
+    assert chief["resumed_episodes"] == other["resumed_episodes"] == 2
+    assert chief["seconds_per_interaction"] is None and other["seconds_per_interaction"]
+    _assert_written_as(episodes, workdir, str(tmp_path), summary)

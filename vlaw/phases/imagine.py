@@ -21,6 +21,13 @@ sampling key, like the world model's, derives from the phase's seed (run seed an
 and the batch alone, so a resumed run writes what a straight run writes. The RLDS dataset is
 written atomically, in plan order, and the staging removed; a staging directory left by other
 settings is refused, never mixed in.
+
+Several processes (a multi-host job, `vlaw.multihost`) share the work through the staging in
+the shared run directory: process p imagines the unstaged batches k with k % P == p
+(`imagine_plan.process_share`), on its own devices; after a barrier the chief (process 0)
+alone replays and writes the dataset, and a second barrier holds the others until it exists.
+A batch's noise is `fold_in(key, k)`, whichever process draws it, so P processes write what
+one writes, and a job resumed with another P reuses every staged batch.
 """
 
 import dataclasses
@@ -35,6 +42,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from vlaw import multihost
 from vlaw import workdir as workdir_lib
 from vlaw.agents import policy as policy_agent
 from vlaw.agents import world_model as world_model_agent
@@ -43,7 +51,7 @@ from vlaw.data.episode import Episode
 from vlaw.rollout import episodes as episodes_lib
 from vlaw.rollout import replay
 from vlaw.rollout.imagine import imagine_batch, steps_per_interaction
-from vlaw.rollout.imagine_plan import rollout_plan, start_states
+from vlaw.rollout.imagine_plan import process_share, rollout_plan, start_states
 
 
 def imagining_policy_dir(config, workdir: str, iteration: int) -> str:
@@ -89,8 +97,10 @@ def imagine_phase(
 ) -> dict:
     """Algorithm 1's imagination (see the module docstring). Returns the summary.
 
-    `stop_after_batches` ends the call after that many newly imagined batches, without
-    writing the dataset, as a preemption would; calling again resumes.
+    `stop_after_batches` ends the call after that many newly imagined batches (per process),
+    without writing the dataset, as a preemption would; calling again resumes. Every process of
+    a multi-host job calls it; the chief's summary has `wrote_dataset` True, the others' False
+    (and None for what only the chief measures).
     """
     dataset_dir = workdir_lib.synthetic_dir(workdir, iteration)
     if os.path.exists(dataset_dir):
@@ -111,13 +121,29 @@ def imagine_phase(
     staging = episodes_lib.staging_dir(dataset_dir)
     ids = [r.episode_id for r in plan]
     settings = dict(episode_ids=ids, interactions=interactions, batch_size=size, seed=seed)
-    episodes_lib.check_staging_plan(staging, {**settings, "policy": os.path.abspath(policy_dir)})
+    chief, index, count = multihost.is_chief(), multihost.process_index(), multihost.process_count()
+    barrier = f"vlaw_imagine_iter_{iteration:02d}"
+    episodes_lib.check_staging_plan(
+        staging, {**settings, "policy": os.path.abspath(policy_dir)}, write=chief
+    )
     staged = [all(os.path.exists(_staged_path(staging, r.episode_id)) for r in b) for b in batches]
     todo = [k for k, done in enumerate(staged) if not done]
-    now = todo[:stop_after_batches] if stop_after_batches is not None else todo
-    logging.info("imagine: %d of %d batches to imagine", len(todo), len(batches))
+    # Every process has looked at the staging before any adds to it: one `todo` everywhere,
+    # hence the same decisions below (whether to load the policy, whether to stop early).
+    multihost.barrier(f"{barrier}_planned")
+    shares = [process_share(todo, p, count) for p in range(count)]
+    now, left = shares[index], 0  # `left`: batches no process imagines in this call
+    if stop_after_batches is not None:
+        now = now[:stop_after_batches]
+        left = sum(max(0, len(share) - stop_after_batches) for share in shares)
+    logging.info(
+        "imagine: %d of %d batches to imagine, %d of them here (process %d of %d)",
+        *(len(todo), len(batches), len(now), index, count),
+    )
     # Loaded once: imagine_batch passes each call its key, so the policy's own keys go unused.
-    policy = policy_agent.load_policy(policy_dir) if now else None
+    # By every process or none (`todo`, not this process's share): a checkpoint's restore is a
+    # collective of all processes.
+    policy = policy_agent.load_policy(policy_dir) if todo else None
     key, start = jax.random.PRNGKey(seed), time.perf_counter()
     with tqdm(
         total=len(now) * interactions, desc="imagine", unit="interaction", disable=not progress
@@ -142,10 +168,33 @@ def imagine_phase(
         # One closed-loop step of a whole batch: policy call, world-model chunk, decode.
         "seconds_per_interaction": round(seconds / (len(now) * interactions), 3) if now else None,
     }
-    if len(now) < len(todo):
-        return {**summary, "stopped_early": True, "batches_left": len(todo) - len(now)}
+    if stop_after_batches is not None and left:
+        return {**summary, "stopped_early": True, "batches_left": left}
+    multihost.barrier(f"{barrier}_staged")  # every batch is staged
+    per_task = {task: [r for r in plan if r.start.task == task] for task in config.tasks}
+    summary.update(
+        num_episodes=len(plan),
+        episodes_per_task={task: len(rollouts) for task, rollouts in per_task.items()},
+        start_episodes={t: len({r.start.episode_id for r in rs}) for t, rs in per_task.items()},
+        success_is_ground_truth=replay_labels,
+        wrote_dataset=chief,
+    )
+    if chief:
+        summary.update(_write_dataset(config, dataset_dir, plan, staging, replay_specs, progress))
+    elif replay_labels:
+        summary["sim_success_rate"] = None  # the chief's to measure: it replays
+    # No process goes on (to `label`, which reads the dataset) before the chief has written it.
+    multihost.barrier(f"{barrier}_written")
+    logging.info("imagine iter_%02d: %s", iteration, summary)
+    return summary
+
+
+def _write_dataset(config, dataset_dir: str, plan, staging: str, replay_specs, progress) -> dict:
+    """The chief's part: replays the staged episodes' actions in the simulator from the resets
+    of `replay_specs` (episode id -> TaskSpec; empty: no ground truth), writes them in plan
+    order and removes the staging. Summary entries."""
     outcomes = {}
-    if replay_labels:
+    if replay_specs:
         outcomes = replay.replayed_labels(
             config,
             staging,
@@ -169,17 +218,10 @@ def imagine_phase(
         progress=progress,
     )
     shutil.rmtree(staging, ignore_errors=True)
-    per_task = {task: [r for r in plan if r.start.task == task] for task in config.tasks}
-    summary.update(
-        num_episodes=written["num_episodes"],
-        episodes_per_task={task: len(rollouts) for task, rollouts in per_task.items()},
-        start_episodes={t: len({r.start.episode_id for r in rs}) for t, rs in per_task.items()},
-        success_is_ground_truth=replay_labels,
-    )
-    if replay_labels:
-        summary["sim_success_rate"] = {
-            task: float(np.mean([outcomes[r.episode_id] for r in rollouts]))
-            for task, rollouts in per_task.items()
+    result = {"num_episodes": written["num_episodes"]}
+    if replay_specs:
+        result["sim_success_rate"] = {
+            task: float(np.mean([outcomes[r.episode_id] for r in plan if r.start.task == task]))
+            for task in config.tasks
         }
-    logging.info("imagine iter_%02d: %s", iteration, summary)
-    return summary
+    return result

@@ -18,6 +18,12 @@ argmax decision P(yes) > P(no): the paper's Table 3 comparison.
 
 The scoring itself is `vlaw.agents.reward.score_episodes` (the `train_reward` phase reports
 train accuracy with it).
+
+In a multi-host job (`vlaw.multihost`) the chief alone scores and rewrites: two writers of one
+dataset would collide, and scoring is small beside `imagine` (one forward pass per episode
+against dozens of world-model chunks). Every process loads the reward model (a checkpoint's
+restore is a collective of all processes); the others then wait at a barrier until the scores
+are written, and return a summary without them.
 """
 
 import os
@@ -26,6 +32,7 @@ import time
 import ml_collections
 from absl import logging
 
+from vlaw import multihost
 from vlaw import workdir as workdir_lib
 from vlaw.agents import reward as reward_agent
 from vlaw.data import rlds_read, rlds_write
@@ -59,6 +66,9 @@ def label_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int)
         workdir, "reward", iteration, reward_agent.is_trained
     )
     params, params_from = reward_agent.load_trained_params(config, trained)
+    if not multihost.is_chief():
+        multihost.barrier(f"vlaw_label_iter_{iteration:02d}_written")
+        return {"dataset_dirs": dirs, "reward_params": params_from, "alpha": float(r.alpha)}
     model_cfg = reward_agent.model_config(config)
     tokenizer = reward_agent.reward_tokenizer(config)
     image_hw = rlds_read.open_dataset(dirs[0]).image_shape[:2]
@@ -80,6 +90,7 @@ def label_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int)
         )
     report = confusion_report(scores, r.alpha, known_sources=tuple(r.known_label_sources))
     logging.info("label: %d episodes, %d kept; confusion %s", len(scores), kept.sum(), report)
+    multihost.barrier(f"vlaw_label_iter_{iteration:02d}_written")
     return {
         "dataset_dirs": dirs,
         "reward_params": params_from,

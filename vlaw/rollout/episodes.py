@@ -152,10 +152,11 @@ def staging_dir(dataset_dir: str) -> str:
 PLAN_FILE = "plan.json"
 
 
-def check_staging_plan(staging: str, plan: dict) -> None:
+def check_staging_plan(staging: str, plan: dict, *, write: bool = True) -> None:
     """Staged episodes belong to one plan (their ids and the settings that made them): a rerun
     with other settings is refused, naming what changed, instead of mixing both into one
-    dataset. The first call writes the plan."""
+    dataset. The first call writes the plan; with `write` False it only checks (the processes
+    of a multi-host job all check, the chief alone writes)."""
     path = os.path.join(staging, PLAN_FILE)
     stored = read_json(path, default=plan)
     changed = sorted(k for k in set(stored) | set(plan) if stored.get(k) != plan.get(k))
@@ -164,7 +165,8 @@ def check_staging_plan(staging: str, plan: dict) -> None:
             f"{staging} holds episodes made with other settings ({', '.join(changed)}); "
             "restore those settings to resume, or remove that directory to start over"
         )
-    write_json(path, plan)
+    if write:
+        write_json(path, plan)
 
 
 def save_staged_episode(directory: str, episode: Episode) -> str:

@@ -110,3 +110,18 @@ def rollout_plan(
         order = np.resize(rng.permutation(len(starts[task])), n)
         plan += [Rollout(i, starts[task][j], iteration) for i, j in enumerate(order)]
     return plan
+
+
+def process_share(todo: Sequence[int], process_index: int, process_count: int) -> list[int]:
+    """The batches of `todo` (indices into the plan's batches, not yet staged) that process
+    `process_index` of a multi-host job imagines: those k with k % process_count ==
+    process_index.
+
+    By the batch's index, not its position in `todo`: a process's share then does not depend
+    on what the others have staged when it looks, and each batch's noise is
+    `fold_in(key, k)`, so the episodes are the same whichever process imagines them. A resumed
+    job may be unbalanced by what each process had finished; a fresh one is balanced to +-1.
+    """
+    if not 0 <= process_index < process_count:
+        raise ValueError(f"process_index {process_index} not in [0, {process_count})")
+    return [k for k in todo if k % process_count == process_index]
