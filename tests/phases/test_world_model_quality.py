@@ -44,6 +44,9 @@ def collected(tmp_path_factory, record_real_rollouts):
     return workdir
 
 
+# Slow: ~3.5 min on 2 cores (8 fake devices compile the phase); the default run's tiny loop
+# (tests/test_loop.py) trains the same pixel-space world model through the same phase.
+@pytest.mark.slow
 def test_pixel_space_phase_measures_its_scales_and_trains_no_vae(collected):
     config = _pixel_config(4)
     config.world_model.train.ema_decay = 0.5  # the check and load_world_model read the EMA
