@@ -154,3 +154,27 @@ def test_staged_episodes_round_trip_exactly(tmp_path):
         stored = {**loaded.observation, **loaded.action_dict}[key]
         np.testing.assert_array_equal(stored, value)
         assert stored.dtype == value.dtype
+
+
+def test_episodes_staged_out_of_order_are_written_in_plan_order(collected, tmp_path):
+    """A kill after the later episodes were staged, before the dataset was written: the rerun
+    writes them in the plan's order, as the straight run did (not in staging-file order)."""
+    from vlaw.data import rlds_read
+    from vlaw.rollout import episodes as episodes_lib
+
+    config, workdir, _ = collected
+    straight = list(rlds_read.read_episodes(os.path.join(workdir, "demos")))
+    ids = [e.metadata.episode_id for e in straight]
+    assert sorted(ids) != ids  # else staging-file order would hide the bug
+    resumed_dir = str(tmp_path / "resumed")
+    staging = episodes_lib.staging_dir(os.path.join(resumed_dir, "demos"))
+    for episode in reversed(straight):
+        episodes_lib.save_staged_episode(staging, episode)
+    pipeline.run_phase("collect", config, resumed_dir, iteration=0)
+    resumed = list(rlds_read.read_episodes(os.path.join(resumed_dir, "demos")))
+    assert [e.metadata.episode_id for e in resumed] == ids
+    for a, b in zip(straight, resumed, strict=True):
+        np.testing.assert_array_equal(
+            a.observation["observation/joint_position"], b.observation["observation/joint_position"]
+        )
+    assert not os.path.exists(staging)

@@ -254,15 +254,25 @@ def record_dataset(
         )
 
     def episodes() -> Iterator[Episode]:
-        for path in staged:
-            yield load_staged_episode(path)
+        # In spec order, staged or not, so a resumed run writes the episodes in the order a
+        # straight run does (yielding the staged ones first reordered the dataset whenever a
+        # kill landed after a later episode was staged; the fault-injection test caught it).
+        # The stream yields task by task; episodes it yields ahead of their turn wait here.
         if policy is None:
             stream = _expert_stream(config, todo, source, iteration)
         else:
             stream = _policy_stream(config, todo, source, iteration, policy)
-        for episode in stream:
-            save_staged_episode(staging, episode)
-            yield episode
+        ahead: dict[str, Episode] = {}
+        for spec in specs:
+            id_ = episode_id(source, iteration, spec)
+            if id_ in done:
+                yield load_staged_episode(os.path.join(staging, f"{id_}.npz"))
+                continue
+            while id_ not in ahead:
+                episode = next(stream)
+                save_staged_episode(staging, episode)
+                ahead[episode.metadata.episode_id] = episode
+            yield ahead.pop(id_)
 
     tally = SuccessTally()
     summary = rlds_write.write_episodes(
