@@ -83,6 +83,9 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     s.stations_per_worker = 1 if tiny else 4  # stations stepped (and rendered) as one batch
     s.max_steps = 30 if tiny else 150  # control steps per episode at 15 Hz
     s.expert_noise = 0.3  # scripted experts' action noise (0: near-perfect demonstrations)
+    # Share of each task's layout variety that resets draw (vlaw/sim/tasks/base.py): 1 the full
+    # ranges, s < 1 the centred fraction s of each object's (0: one nominal layout).
+    s.layout_spread = 1.0
 
     # --- Which station collect and evaluate drive ------------------------------------------
     # "sim": the simulator (sim.enabled); "droid": the real DROID station (vlaw/robot), operator

@@ -228,8 +228,7 @@ def evaluation_records(config: ml_collections.ConfigDict, study_dir: str) -> lis
         c = run_config(config, run)
         iterations = [0] if run.name == BASE else range(1, int(c.loop.iterations) + 1)
         for iteration in iterations:
-            reports = workdir_lib.reports_dir(run.workdir(study_dir), iteration)
-            path = os.path.join(reports, METRICS_FILE)
+            path = workdir_lib.report_file(run.workdir(study_dir), iteration, METRICS_FILE)
             if not os.path.exists(path):
                 continue
             for task, figures in workdir_lib.read_json(path)["tasks"].items():

@@ -94,8 +94,10 @@ def test_train_policy_trains_on_collected_episodes(trained):
     assert all(np.isfinite(m["loss"]) and m["loss"] > 0 for m in metrics)
     # The real action dims' losses are logged apart (the tiny preset trains only those 8).
     assert all(np.isfinite(m["loss_arm"]) and np.isfinite(m["loss_gripper"]) for m in metrics)
-    # Demos weigh 1, the failed real rollouts 0 (Eq. 4): both in every batch, on average.
-    assert 0 < summary["mean_weight"] < 1
+    # Demos weigh 1, the failed real rollouts 0 (Eq. 4), which add nothing to the loss and so
+    # are left out of the batches: every example trains.
+    assert summary["weighted_episodes"] < summary["num_episodes"]
+    assert summary["mean_weight"] == 1.0
     assert all(m["update_applied"] == 1.0 for m in metrics)
     state = pipeline.load_state(workdir)
     assert state["iter_00"]["train_policy"]["checkpoint"] == ckpt_dir

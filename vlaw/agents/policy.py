@@ -75,8 +75,11 @@ def weighted_policy_batches(
     dataset_dirs: Sequence[str],
     seed: int,
     shuffle_buffer: int | None = None,
+    *,
+    drop_failures: bool = False,
 ):
-    """The policy's training examples with Eq. 4's weights (`policy_windows.episode_weight`).
+    """The policy's training examples with Eq. 4's weights (`policy_windows.episode_weight`);
+    `drop_failures` leaves the weight-0 ones out.
 
     Batches: images (B, 3, H, W, 3) uint8 in droid.CAMERA_NAMES order, state (B, 8), prompt (B,)
     bytes, actions (B, action_horizon, 8), weight (B,) float32.
@@ -91,6 +94,7 @@ def weighted_policy_batches(
         num_parallel_reads=data.num_parallel_reads,
         image_size=(data.image_height, data.image_width),
         skip_corrupt=data.skip_corrupt,
+        drop_failures=drop_failures,
     )
 
 

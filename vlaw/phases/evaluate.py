@@ -26,10 +26,9 @@ from absl import logging
 
 from vlaw import workdir as workdir_lib
 from vlaw.data import rlds_read
+from vlaw.eval.report import METRICS_FILE
 from vlaw.eval.success import success_table, task_success
 from vlaw.robot.recording import station_recorder
-
-METRICS_FILE = "metrics.json"
 
 
 def evaluated_successes(dataset_dir: str) -> dict[str, dict]:
@@ -92,7 +91,7 @@ def evaluate_phase(config: ml_collections.ConfigDict, workdir: str, iteration: i
         "dataset_dir": dataset_dir,
         "tasks": per_task,
     }
-    path = os.path.join(workdir_lib.reports_dir(workdir, iteration), METRICS_FILE)
+    path = workdir_lib.report_file(workdir, iteration, METRICS_FILE)
     workdir_lib.write_json(path, metrics)
     table = success_table([(metrics["policy"], per_task)], list(per_task))
     logging.info("evaluate iter_%02d (%s):\n%s", iteration, path, table)

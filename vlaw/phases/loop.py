@@ -56,7 +56,7 @@ def results_table(config: ml_collections.ConfigDict, workdir: str) -> str:
     far (from reports/iter_NN/metrics.json)."""
     rows = []
     for iteration in range(int(config.loop.iterations) + 1):
-        path = os.path.join(workdir_lib.reports_dir(workdir, iteration), METRICS_FILE)
+        path = workdir_lib.report_file(workdir, iteration, METRICS_FILE)
         if os.path.exists(path):
             metrics = read_json(path)
             rows.append((metrics["policy"], metrics["tasks"]))

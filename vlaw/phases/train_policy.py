@@ -125,10 +125,18 @@ def train_policy_phase(
     model_config = policy_agent.model_config_from_spec(spec)
     preprocessor = policy_agent.preprocessor_for(directory, model_config)
     seed = workdir_lib.phase_seed(config.seed, "train_policy", iteration)
+    # Weight-0 examples add nothing to Eq. 4's self-normalised loss (sum w l / sum w), so
+    # sampling them only shrinks the batch that trains: 29 % of the sim warm start's (its
+    # failed demonstrations), most of an iteration's where few rollouts succeed or are kept.
+    # They are left out, unless nothing has weight (the update is then an exact no-op).
+    drop_failures = data.weighted_episodes > 0
     # A shuffle buffer larger than the data only mixes epochs, and fills slowly: reading the
     # tiny preset's 120 steps 17 times over before the first batch of a 2000-step buffer.
-    buffer = min(int(config.data.shuffle_buffer), data.num_steps)
-    batches = policy_agent.weighted_policy_batches(config, dataset_dirs, seed, buffer)
+    steps = data.weighted_steps if drop_failures else data.num_steps
+    buffer = min(int(config.data.shuffle_buffer), steps)
+    batches = policy_agent.weighted_policy_batches(
+        config, dataset_dirs, seed, buffer, drop_failures=drop_failures
+    )
     try:
         state = trainer.train(
             config.policy.train,

@@ -127,6 +127,7 @@ def task_pools(config, specs: list[TaskSpec]):
             per_worker,
             config.data.image_height,
             config.data.image_width,
+            layout_spread=config.sim.layout_spread,
         ) as pool:
             yield pool, specs_for_task
 

@@ -79,7 +79,7 @@ def validate_action(action) -> np.ndarray:
 class SimStation:
     """One simulated station: physics, state and task. `SimStationBatch` renders it."""
 
-    def __init__(self, task_name: str):
+    def __init__(self, task_name: str, layout_spread: float = 1.0):
         if task_name not in TASKS:
             raise ValueError(f"unknown task {task_name!r}; choose from {sorted(TASKS)}")
         self.task_name = task_name
@@ -90,7 +90,8 @@ class SimStation:
         self.arm_dof = np.array([self.model.joint(n).dofadr[0] for n in panda.ARM_JOINT_NAMES])
         self.finger_qpos = self.model.joint("finger_left").qposadr[0]
         self.tcp_site = self.model.site(panda.TCP_SITE).id
-        self.task: Task = make_task(task_name)
+        self.layout_spread = layout_spread  # of the task's layout variety (`Task.uniform`)
+        self.task: Task = make_task(task_name, layout_spread)
         self.instruction = ""
         self.seed = 0
         self.images: dict[str, np.ndarray] = {}
@@ -131,7 +132,7 @@ class SimStation:
             raise ValueError(f"station built for {self.task_name!r} got task {spec.task!r}")
         rng = np.random.default_rng(spec.seed)
         self.seed = spec.seed
-        self.task = make_task(self.task_name)
+        self.task = make_task(self.task_name, self.layout_spread)
         mujoco.mj_resetData(self.model, self.data)
         home = panda.HOME_JOINT_POSITION + rng.uniform(-1, 1, 7) * HOME_JOINT_NOISE
         self.data.qpos[self.arm_qpos] = home
@@ -216,8 +217,14 @@ class SimStationBatch:
     is bound to the task it was built for (`task_names`).
     """
 
-    def __init__(self, task_names: Sequence[str], image_height: int = 64, image_width: int = 64):
-        self.stations = [SimStation(name) for name in task_names]
+    def __init__(
+        self,
+        task_names: Sequence[str],
+        image_height: int = 64,
+        image_width: int = 64,
+        layout_spread: float = 1.0,
+    ):
+        self.stations = [SimStation(name, layout_spread) for name in task_names]
         self.image_shape = (image_height, image_width, 3)
         self.renderer = TiledRenderer(
             [s.model for s in self.stations], image_height, image_width, droid.CAMERA_NAMES
@@ -297,8 +304,14 @@ class SimStationBatch:
 class SingleSimStation:
     """`vlaw.rollout.station.Station` over a batch of one (its own renderer)."""
 
-    def __init__(self, task_name: str, image_height: int = 64, image_width: int = 64):
-        self.batch = SimStationBatch([task_name], image_height, image_width)
+    def __init__(
+        self,
+        task_name: str,
+        image_height: int = 64,
+        image_width: int = 64,
+        layout_spread: float = 1.0,
+    ):
+        self.batch = SimStationBatch([task_name], image_height, image_width, layout_spread)
         self.station = self.batch.stations[0]
 
     def reset(self, task: TaskSpec) -> Observation:

@@ -89,14 +89,16 @@ def expert_episodes_on_batch(
     return [recorder.finish(labels[b]) for b, recorder in enumerate(recorders)]
 
 
-def _worker_main(connection: Connection, task_names: list[str], height: int, width: int):
+def _worker_main(
+    connection: Connection, task_names: list[str], height: int, width: int, layout_spread: float
+):
     """Serves commands for one batch of stations until "close" (or the parent goes away)."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     from vlaw.sim.station import SimStationBatch
 
     batch = None
     try:
-        batch = SimStationBatch(task_names, height, width)
+        batch = SimStationBatch(task_names, height, width, layout_spread)
         connection.send(("ok", None))  # ready
         while True:
             try:
@@ -176,6 +178,7 @@ class StationPool:
         image_height: int = 64,
         image_width: int = 64,
         start_method: str = "spawn",
+        layout_spread: float = 1.0,
     ):
         if len(task_names) != num_workers * stations_per_worker:
             raise ValueError("need one task name per station")
@@ -191,7 +194,13 @@ class StationPool:
             parent_end, child_end = context.Pipe()
             process = context.Process(
                 target=_worker_main,
-                args=(child_end, self._split(self.task_names)[w], image_height, image_width),
+                args=(
+                    child_end,
+                    self._split(self.task_names)[w],
+                    image_height,
+                    image_width,
+                    layout_spread,
+                ),
                 daemon=True,
                 name=f"vlaw-sim-{w}",
             )

@@ -13,8 +13,13 @@ TASKS: dict[str, type[Task]] = {
 }
 
 
-def make_task(name: str) -> Task:
-    return TASKS[name]()
+def make_task(name: str, layout_spread: float = 1.0) -> Task:
+    """A fresh task whose resets draw `layout_spread` of its layout variety (`Task.uniform`)."""
+    if not 0.0 <= layout_spread <= 1.0:
+        raise ValueError(f"layout_spread must lie in [0, 1], got {layout_spread}")
+    task = TASKS[name]()
+    task.layout_spread = float(layout_spread)
+    return task
 
 
 __all__ = ["TASKS", "Task", "Waypoint", "make_task"]

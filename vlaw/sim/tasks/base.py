@@ -124,6 +124,18 @@ class Task(abc.ABC):
     # MuJoCo's no-slip solver passes: tasks that press a held object onto a surface (a tissue,
     # a pen) need them to keep soft contacts from creeping in the fingers; they cost physics time.
     noslip_iterations = 0
+    # How much of the task's layout variety resets draw (`sim.layout_spread`): 1 the whole
+    # ranges, s < 1 the centred fraction s of each (0: one nominal layout). Set by `make_task`.
+    layout_spread = 1.0
+
+    def uniform(self, rng: np.random.Generator, low, high, size=None):
+        """A layout draw: uniform on [low, high] at full spread, else on the centred fraction
+        `layout_spread` of it (one rng draw either way, so a seed keeps its relative place)."""
+        if self.layout_spread == 1.0:
+            return rng.uniform(low, high, size)
+        low, high = np.asarray(low, float), np.asarray(high, float)
+        center, half = (low + high) / 2, (high - low) / 2 * self.layout_spread
+        return rng.uniform(center - half, center + half, size)
 
     @classmethod
     @abc.abstractmethod

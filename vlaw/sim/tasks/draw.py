@@ -106,13 +106,15 @@ class DrawTask(base.Task):
         self.region = np.array(whiteboard.BOARD_HALF[:2]) - whiteboard.INK_MARGIN / 2
 
     def reset(self, model, data, rng):
-        board_xy = (rng.uniform(0.52, 0.6), rng.uniform(-0.12, 0.0))
-        whiteboard.place_board(model, data, board_xy, rng.uniform(-0.3, 0.3))
-        stand_xy = np.array([rng.uniform(0.38, 0.5), rng.uniform(0.2, 0.27)])
+        board_xy = (self.uniform(rng, 0.52, 0.6), self.uniform(rng, -0.12, 0.0))
+        whiteboard.place_board(model, data, board_xy, self.uniform(rng, -0.3, 0.3))
+        stand_xy = np.array([self.uniform(rng, 0.38, 0.5), self.uniform(rng, 0.2, 0.27)])
         mocap = model.body("stand").mocapid[0]
         data.mocap_pos[mocap] = [*stand_xy, 0.0]
         marker_z = 0.004 + TIP_LENGTH + MARKER_HALF_LENGTH
-        base.free_joint_pose(model, data, "marker", (*stand_xy, marker_z), rng.uniform(0, np.pi))
+        base.free_joint_pose(
+            model, data, "marker", (*stand_xy, marker_z), self.uniform(rng, 0, np.pi)
+        )
         return "draw a circle on the whiteboard"
 
     def after_settle(self, model, data):
@@ -177,7 +179,7 @@ class DrawTask(base.Task):
         yield base.Waypoint(grasp, gripper=1.0, min_steps=5, tolerance=1.0, noisy=False)
         yield base.Waypoint(grasp + [0, 0, 0.12], gripper=1.0, max_speed=0.3, noisy=False)
         limit = np.array(whiteboard.BOARD_HALF[:2]) - whiteboard.INK_MARGIN - radius
-        center = np.random.default_rng(station.seed).uniform(-limit, limit)
+        center = self.uniform(np.random.default_rng(station.seed), -limit, limit)
         angles = np.linspace(0.0, 2 * np.pi * turns, max(8, round(26 * turns)))
         circle = center + radius * np.stack([np.cos(angles), np.sin(angles)], axis=1)
         path = whiteboard.to_world(data, np.c_[circle, np.zeros(len(circle))])

@@ -76,13 +76,13 @@ class EraseTask(base.Task):
         self.frame = (np.zeros(3), np.eye(3))
 
     def reset(self, model, data, rng):
-        board_xy = (rng.uniform(0.5, 0.6), rng.uniform(-0.12, 0.0))
-        whiteboard.place_board(model, data, board_xy, rng.uniform(-0.3, 0.3))
+        board_xy = (self.uniform(rng, 0.5, 0.6), self.uniform(rng, -0.12, 0.0))
+        whiteboard.place_board(model, data, board_xy, self.uniform(rng, -0.3, 0.3))
         # The tissue lies beside the board, on the side nearer the robot's left.
-        tissue_xy = (rng.uniform(0.38, 0.5), rng.uniform(0.17, 0.25))
-        base.free_joint_pose(
-            model, data, "tissue", (*tissue_xy, TISSUE_HALF[2]), rng.uniform(-np.pi / 4, np.pi / 4)
-        )
+        tissue_xy = (self.uniform(rng, 0.38, 0.5), self.uniform(rng, 0.17, 0.25))
+        tissue_yaw = self.uniform(rng, -np.pi / 4, np.pi / 4)
+        base.free_joint_pose(model, data, "tissue", (*tissue_xy, TISSUE_HALF[2]), tissue_yaw)
+        # The marks stay as varied at any layout spread: reading them is the task.
         self.strokes = [random_stroke(rng) for _ in range(rng.integers(1, 4))]
         self.remaining = [np.ones(len(stroke), bool) for stroke in self.strokes]
         return "erase all marks using a tissue"

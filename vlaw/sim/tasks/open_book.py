@@ -64,9 +64,9 @@ class OpenBookTask(base.Task):
     def reset(self, model, data, rng):
         # Spine parallel to the robot's reach (the cover opens sideways, where the wrist can
         # follow it), turned by up to 20 degrees.
-        self.book_yaw = np.pi / 2 + rng.uniform(-np.deg2rad(20), np.deg2rad(20))
-        x = rng.uniform(0.45, 0.60)
-        y = rng.uniform(-0.2, 0.0)
+        self.book_yaw = np.pi / 2 + self.uniform(rng, -np.deg2rad(20), np.deg2rad(20))
+        x = self.uniform(rng, 0.45, 0.60)
+        y = self.uniform(rng, -0.2, 0.0)
         base.free_joint_pose(model, data, "book", (x, y, PAGES_HALF[2]), self.book_yaw)
         data.qpos[model.joint("cover_hinge").qposadr[0]] = 0.0
         cover, pages = BOOK_COLORS[rng.integers(len(BOOK_COLORS))]

@@ -33,6 +33,11 @@ POUR_TILT_DEG = 125.0
 TILT_PROBE_STEPS = 12  # steps each tipping direction is tried on a copy of the simulator
 POUR_SHIFT = 0.03  # metres across the handle, away from the side the cup tips to
 MIN_IN_BOWL = 4  # "at least a minimum amount" (a quarter of the scoop)
+# Below full layout spread (`Task.layout_spread`): the cup's and the bowl's nominal places and
+# how far each may stray from them (x, y) at spread 1; the handle then always points right.
+NOMINAL_SCOOP = np.array([0.51, -0.1])
+NOMINAL_BOWL = np.array([0.51, 0.16])
+NOMINAL_JITTER = np.array([0.09, 0.06])
 SNACKS = {
     "peanuts": "0.78 0.58 0.33 1",
     "candies": "0.9 0.2 0.45 1",
@@ -132,13 +137,18 @@ class ScoopTask(base.Task):
         rgba = [float(v) for v in SNACKS[self.snack].split()]
         for i in range(NUM_GRANULES):
             model.geom_rgba[model.body(f"granule_{i}").geomadr[0]] = rgba
-        scoop_xy, bowl_xy = base.sample_separated(
-            rng, 2, min_distance=0.24, x_range=(0.42, 0.6), y_range=(-0.2, 0.2)
-        )
-        # The handle points to the robot's left or right (where the wrist can roll it).
-        scoop_yaw = rng.choice([np.pi / 2, -np.pi / 2]) + rng.uniform(-0.3, 0.3)
+        if self.layout_spread == 1.0:
+            scoop_xy, bowl_xy = base.sample_separated(
+                rng, 2, min_distance=0.24, x_range=(0.42, 0.6), y_range=(-0.2, 0.2)
+            )
+            # The handle points to the robot's left or right (where the wrist can roll it).
+            scoop_yaw = rng.choice([np.pi / 2, -np.pi / 2]) + rng.uniform(-0.3, 0.3)
+        else:  # the scoop on the right, its handle pointing away from the bowl on the left
+            scoop_xy = NOMINAL_SCOOP + self.uniform(rng, -1.0, 1.0, 2) * NOMINAL_JITTER
+            bowl_xy = NOMINAL_BOWL + self.uniform(rng, -1.0, 1.0, 2) * NOMINAL_JITTER
+            scoop_yaw = -np.pi / 2 + self.uniform(rng, -0.3, 0.3)
         base.free_joint_pose(model, data, "scoop", (*scoop_xy, 0.0), scoop_yaw)
-        base.free_joint_pose(model, data, "bowl", (*bowl_xy, 0.0), rng.uniform(0, np.pi))
+        base.free_joint_pose(model, data, "bowl", (*bowl_xy, 0.0), self.uniform(rng, 0, np.pi))
         # Fill the cup: a 3x3 grid per layer, jittered so the pile differs per seed.
         spacing = 2 * GRANULE_RADIUS + 0.003
         rotation = base.rot_z(scoop_yaw)

@@ -17,6 +17,11 @@ COLORS = {
     "yellow": "0.95 0.8 0.1 1",
 }
 
+# Below full layout spread: the blocks' nominal places (a 14 cm square in front of the robot)
+# and how far each may stray from its place at spread 1 (they stay > 10 cm apart).
+NOMINAL_SPOTS = np.array([[0.44, -0.07], [0.44, 0.07], [0.58, -0.07], [0.58, 0.07]])
+SPOT_JITTER = 0.02
+
 
 class StackTask(base.Task):
     name = "stack"
@@ -39,14 +44,18 @@ class StackTask(base.Task):
     def reset(self, model, data, rng):
         names = list(COLORS)
         self.top, self.bottom = (names[i] for i in rng.choice(len(names), 2, replace=False))
-        points = base.sample_separated(rng, len(names), min_distance=0.1)
+        if self.layout_spread == 1.0:
+            points = base.sample_separated(rng, len(names), min_distance=0.1)
+        else:  # one block per corner of a square, shuffled, each jittered about its corner
+            jitter = self.uniform(rng, -SPOT_JITTER, SPOT_JITTER, (len(names), 2))
+            points = NOMINAL_SPOTS[rng.permutation(len(names))] + jitter
         for (x, y), color in zip(points, names):
             base.free_joint_pose(
                 model,
                 data,
                 f"block_{color}",
                 (x, y, BLOCK_HALF),
-                rng.uniform(-np.pi / 4, np.pi / 4),
+                self.uniform(rng, -np.pi / 4, np.pi / 4),
             )
         return f"stack the {self.top} block on the {self.bottom} block"
 
