@@ -309,3 +309,16 @@ def test_skipped_records_are_counted_for_the_summary(collected, tmp_path):
     assert summary.num_episodes == layout.num_episodes - layout.shard_lengths[0]
     with pytest.raises(rlds_read.DataError, match=os.path.basename(layout.shard_paths[0])):
         train_policy_phase.scan_episodes([copy])
+
+
+def test_the_base_policy_trains_for_the_warm_start_steps():
+    train_section = train_policy_phase.train_section
+    config = experiment_config(("scoop",), "tiny")
+    config.policy.train.steps, config.policy.train.warmup_steps = 40, 4
+    config.policy.warmstart_steps = 100
+    base, post = train_section(config, 0), train_section(config, 1)
+    assert (base.steps, base.warmup_steps) == (100, 10)
+    assert base.learning_rate == config.policy.train.learning_rate
+    assert post is config.policy.train and post.steps == 40  # post-training: unchanged
+    config.policy.warmstart_steps = 0  # off: the base policy trains for policy.train.steps
+    assert train_section(config, 0) is config.policy.train

@@ -7,13 +7,15 @@ At iteration k the policy trains on the demonstrations, every `iter_{0..k}/real`
 `loop.policy_real_rollouts=False`, Figure 9's ablation). Each example carries
 its episode's weight (Eq. 4): the station's `success` label for demos and real rollouts, the
 reward model's `kept` decision (P("yes") > alpha, Eq. 3) for synthetic ones; failures weigh 0,
-so they cost compute but contribute no gradient.
+contribute nothing to the self-normalised loss, and are left out of the batches.
 
-Starting point (`vlaw.workdir.model_start`): the previous iteration's policy; else
-`policy.train.init_from` (an openpi checkpoint directory holding `params/`, or a vlaw policy
-directory); else a fresh initialisation. Resume (the same iteration interrupted) is separate and
-always wins: the trainer restores the newest checkpoint of the iteration's own directory, with
-its data position. The checkpoint directory's layout: `vlaw.agents.policy`.
+Steps: `policy.warmstart_steps` for the base policy (iteration 0) where set, else
+`policy.train.steps` (`train_section`). Starting point (`vlaw.workdir.model_start`): the
+previous iteration's policy; else `policy.train.init_from` (an openpi checkpoint directory
+holding `params/`, or a vlaw policy directory); else a fresh initialisation. Resume (the same
+iteration interrupted) is separate and always wins: the trainer restores the newest checkpoint
+of the iteration's own directory, with its data position. The checkpoint directory's layout:
+`vlaw.agents.policy`.
 """
 
 import dataclasses
@@ -66,6 +68,20 @@ def training_dirs(config: ml_collections.ConfigDict, workdir: str, iteration: in
     without the real rollouts when `loop.policy_real_rollouts` is off (Figure 9)."""
     real = bool(config.loop.policy_real_rollouts)
     return workdir_lib.policy_training_dirs(workdir, iteration, real_rollouts=real)
+
+
+def train_section(config: ml_collections.ConfigDict, iteration: int) -> ml_collections.ConfigDict:
+    """`policy.train` for iteration `iteration`: at iteration 0 the base policy, trained from
+    scratch (or `init_from`), runs `policy.warmstart_steps` steps when set (warmup scaled
+    alike); later iterations post-train from the previous policy for `policy.train.steps`."""
+    train = config.policy.train
+    warm = int(config.policy.warmstart_steps)
+    if iteration > 0 or warm <= 0 or warm == int(train.steps):
+        return train
+    section = ml_collections.ConfigDict(train.to_dict())
+    section.warmup_steps = max(1, round(int(train.warmup_steps) * warm / int(train.steps)))
+    section.steps = warm
+    return section
 
 
 def prepare(
@@ -139,7 +155,7 @@ def train_policy_phase(
     )
     try:
         state = trainer.train(
-            config.policy.train,
+            train_section(config, iteration),
             config.ckpt,
             config.mesh,
             workdir=directory,
