@@ -85,8 +85,8 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     s.expert_noise = 0.3  # scripted experts' action noise (0: near-perfect demonstrations)
     # Share of each task's layout variety that resets draw (vlaw/sim/tasks/base.py): 1 the full
     # ranges, s < 1 the centred fraction s of each object's (0: one nominal layout).
-    # sim: 0.3 (objects within a few cm of their places): the base policy trained on 25 demos
-    # went from 0 of 20 held-out scoop layouts at full spread to 7 of 20 (benchmarks/RESULTS.md).
+    # sim: 0.3 (objects within a few cm of their places): trained on 25 demos, the base policy
+    # succeeded on 7 of 20 held-out scoop layouts (full spread: 0 of 20; benchmarks/RESULTS.md).
     s.layout_spread = 0.3 if sim else 1.0
 
     # --- Which station collect and evaluate drive ------------------------------------------

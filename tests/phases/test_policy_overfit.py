@@ -49,7 +49,9 @@ def overfit_config():
     config = experiment_config(("scoop",), "sim")
     config.loop.warmstart_demos_per_task = COLLECTED_DEMOS
     config.sim.expert_noise = 0.0  # demonstrations whose arm commands the scene explains
+    config.sim.layout_spread = 1.0  # the full spread, where SUCCEEDED was recorded
     config.policy.train.steps = OVERFIT_STEPS
+    config.policy.warmstart_steps = OVERFIT_STEPS
     config.policy.train.learning_rate = 1e-3  # memorising, not generalising: as fast as stable
     config.policy.train.warmup_steps = 20
     config.ckpt.save_every_steps = OVERFIT_STEPS
