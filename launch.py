@@ -17,6 +17,7 @@ from ml_collections import config_flags
 
 from vlaw import pipeline
 from vlaw.train import mesh as mesh_lib
+from vlaw.train import trainer
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:preset].")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints, datasets and reports go.")
@@ -47,10 +48,14 @@ def main(argv):
     # touches a device.
     mesh_lib.maybe_initialize_distributed(config.mesh)
     logging.info("config written to %s", pipeline.write_config(config, workdir))
-    if _PHASE.value == pipeline.LOOP:
-        pipeline.run_loop(config, workdir, _FORCE.value)
-    else:
-        pipeline.run_phase(_PHASE.value, config, workdir, _ITERATION.value, _FORCE.value)
+    try:
+        if _PHASE.value == pipeline.LOOP:
+            pipeline.run_loop(config, workdir, _FORCE.value)
+        else:
+            pipeline.run_phase(_PHASE.value, config, workdir, _ITERATION.value, _FORCE.value)
+    except trainer.Preempted as preempted:  # a clean stop, not a crash: one line, no traceback
+        logging.warning("%s", preempted)
+        sys.exit(f"preempted: {preempted}")
 
 
 def parse_flags(argv: list[str]) -> list[str]:

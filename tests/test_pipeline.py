@@ -37,6 +37,30 @@ def test_phase_runs_once_and_resumes(tmp_path, counting_phase):
     assert len(counting_phase) == 2
 
 
+def test_a_preempted_phase_is_not_recorded_done(tmp_path, monkeypatch):
+    """Training that SIGTERM stopped raises `Preempted`: the phase stays undone, so the rerun
+    resumes it instead of skipping a partly trained model."""
+    from vlaw.train import trainer
+
+    module = types.ModuleType("vlaw_test_preempted")
+    outcomes = [trainer.Preempted("stopped by SIGTERM after step 3 of 8"), {"step": 8}]
+
+    def phase(config, workdir, iteration):
+        outcome = outcomes.pop(0)
+        if isinstance(outcome, Exception):
+            raise outcome
+        return outcome
+
+    module.phase = phase
+    monkeypatch.setitem(sys.modules, "vlaw_test_preempted", module)
+    monkeypatch.setattr(pipeline, "PHASES", {"train": "vlaw_test_preempted:phase"})
+    config = vlaw_config.experiment_config(("scoop",), "tiny")
+    with pytest.raises(trainer.Preempted):
+        pipeline.run_phase("train", config, str(tmp_path), iteration=0)
+    assert "train" not in pipeline.load_state(str(tmp_path)).get("iter_00", {})
+    assert pipeline.run_phase("train", config, str(tmp_path), iteration=0)["step"] == 8
+
+
 def test_unknown_phase_is_named(tmp_path, counting_phase):
     config = vlaw_config.experiment_config(("scoop",), "tiny")
     with pytest.raises(ValueError, match="imagine"):

@@ -195,8 +195,10 @@ def test_sigterm_saves_a_checkpoint_that_resumes_to_the_same_result(tmp_path):
         if index == 0:  # delivered while step 1's batch is being read
             os.kill(os.getpid(), signal.SIGTERM)
 
-    stopped = run(tmp_path / "preempted", RegressionBatches(on_batch=preempt))
-    assert int(stopped.step) == 1  # stopped at the first step boundary, not at save_every
+    with pytest.raises(trainer.Preempted, match="after step 1 of 4"):
+        run(tmp_path / "preempted", RegressionBatches(on_batch=preempt))
+    # Stopped at the first step boundary, not at save_every, with that step's checkpoint.
+    assert checkpoints.latest_step(str(tmp_path / "preempted")) == 1
     assert signal.getsignal(signal.SIGTERM) is before  # the handler was put back
     resumed = run(tmp_path / "preempted", RegressionBatches())
     assert int(resumed.step) == 4

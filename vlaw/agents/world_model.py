@@ -67,9 +67,18 @@ def model_config(
         base.unet, dtype=t.compute_dtype, param_dtype=t.param_dtype, remat_policy=remat
     )
     vae = dataclasses.replace(base.vae, dtype=t.compute_dtype, param_dtype=t.param_dtype)
+    view_latent_shape = base.view_latent_shape
     if w.space == "pixel":
-        # The UNet grid is the latent variant's: `patch` x `patch` pixels per cell, on channels.
+        # The frames are the latent variant's (its grid x its VAE's factor), cut into `patch` x
+        # `patch` pixel cells packed onto channels: a larger patch, a coarser and cheaper grid.
+        frame = [s * vae.downsample_factor for s in base.view_latent_shape]
         patch = int(w.pixel_patch) or vae.downsample_factor
+        if frame[0] % patch or frame[1] % patch:
+            raise ValueError(
+                f"world_model.pixel_patch={patch} does not divide the {frame[0]}x{frame[1]} "
+                "frames of the preset"
+            )
+        view_latent_shape = (frame[0] // patch, frame[1] // patch)
         vae = VAEConfig.pixel_codec(patch, dtype=vae.dtype, param_dtype=vae.param_dtype)
         channels = vae.latent_channels
         unet = dataclasses.replace(unet, in_channels=2 * channels, out_channels=channels)
@@ -77,7 +86,7 @@ def model_config(
         raise ValueError(f"world_model.space={w.space!r}; choose 'latent' or 'pixel'")
     if scaling_factor is not None:
         vae = dataclasses.replace(vae, scaling_factor=float(scaling_factor))
-    overrides: dict[str, Any] = dict(unet=unet, vae=vae)
+    overrides: dict[str, Any] = dict(unet=unet, vae=vae, view_latent_shape=view_latent_shape)
     num_history, num_future = int(w.num_history), int(w.num_future)
     if num_history != base.num_history:
         default = cw.CtrlWorldConfig().history_idx

@@ -23,7 +23,7 @@ What happens, in order:
    `NonFiniteError` once the count passes `train.max_nonfinite_steps`, and so does the end
    of a call none of whose updates was applied;
 6. checkpoints every `ckpt.save_every_steps`, at the end, and at the first step boundary after
-   SIGTERM (then the loop returns early; the next run with the same workdir resumes).
+   SIGTERM (then `Preempted` is raised; the next run with the same workdir resumes).
 """
 
 import functools
@@ -68,6 +68,13 @@ def read_metrics(workdir: str) -> list[dict[str, float]]:
     if not path.exists():
         return []
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+class Preempted(RuntimeError):
+    """Training stopped at a step boundary after SIGTERM (or the job's preemption notice), with
+    a checkpoint of that step: the phase is not done, and rerunning the same command resumes it.
+    Raised rather than returned, so that nothing after training (a phase's evaluation, the
+    pipeline's record of finished phases) takes a partly trained model for a finished one."""
 
 
 class NonFiniteError(FloatingPointError):
@@ -409,7 +416,8 @@ def train(
         (time-limited jobs, tests); the schedule still spans `train_config.steps`.
 
     Returns:
-      The final TrainState (after the last step, or after the SIGTERM checkpoint).
+      The final TrainState (after the last step). After SIGTERM: raises `Preempted` once the
+      checkpoint of the step it stopped at is written.
     """
     mesh = mesh if mesh is not None else mesh_lib.create_mesh(mesh_config)
     workdir = epath.Path(workdir)
@@ -528,4 +536,9 @@ def train(
         log.close()
         manager.wait_until_finished()
         manager.close()
+    if stop:
+        raise Preempted(
+            f"training in {workdir} stopped by SIGTERM after step {saved_step} of {steps}, its "
+            "checkpoint saved; run the same command again to resume"
+        )
     return state
