@@ -66,6 +66,13 @@ def test_model_config_follows_the_experiment():
         64,
         64,
     )
+    sim = config_lib.experiment_config(("scoop",), "sim")
+    # 8x8-pixel cells: an 8x8 grid per 64x64 view, 3 * 64 values per cell on channels.
+    assert wm.model_config(sim).view_latent_shape == (8, 8)
+    assert wm.model_config(sim).unet.out_channels == 192
+    sim.world_model.pixel_patch = 5
+    with pytest.raises(ValueError, match="pixel_patch=5 does not divide the 64x64"):
+        wm.model_config(sim)
     paper = wm.model_config(config_lib.experiment_config(("scoop",), "paper"))
     assert wm.pixel_size(paper) == (192, 320)  # Ctrl-World's 192x320 views
     assert paper.unet.dtype == "bfloat16" and paper.unet.remat_policy == "nothing_saveable"
