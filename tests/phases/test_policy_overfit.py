@@ -23,7 +23,7 @@ from vlaw import workdir as workdir_lib
 from vlaw.agents import policy as policy_lib
 from vlaw.config import experiment_config
 from vlaw.data import droid, rlds_read, transforms
-from vlaw.rollout.episodes import policy_episodes, task_pools
+from vlaw.rollout.episodes import policy_stream
 from vlaw.rollout.station import Observation
 
 # The gate is issue 13's open question: expected to fail until a recipe meets it (the run that
@@ -113,14 +113,5 @@ def test_policy_replays_its_three_demos_in_the_simulator(overfit):
         for spec, ok in zip(workdir_lib.task_specs(config, "demo", 0, COLLECTED_DEMOS), SUCCEEDED)
         if ok
     ]
-    successes = []
-    for pool, task_specs_ in task_pools(config, specs):
-        for episode in policy_episodes(
-            pool,
-            policy,
-            task_specs_,
-            max_steps=config.sim.max_steps,
-            open_loop_steps=config.policy.open_loop_steps,
-        ):
-            successes.append(bool(episode.metadata.success))
+    successes = [bool(e.metadata.success) for e in policy_stream(config, specs, policy)]
     assert sum(successes) == NUM_DEMOS, successes

@@ -14,7 +14,7 @@ from vlaw import pipeline
 from vlaw import workdir as workdir_lib
 from vlaw.agents import policy as policy_lib
 from vlaw.config import experiment_config
-from vlaw.rollout.episodes import policy_episodes, task_pools
+from vlaw.rollout.episodes import policy_stream
 
 pytestmark = pytest.mark.slow
 
@@ -32,15 +32,6 @@ def test_sim_base_policy_succeeds_on_held_out_scoop_layouts(tmp_path):
     assert summary["step"] == config.policy.warmstart_steps
     policy = policy_lib.load_policy(workdir_lib.checkpoint_dir(workdir, "policy", 0))
     specs = workdir_lib.task_specs(config, "evaluate", 0, HELD_OUT)
-    successes = []
-    for pool, task_specs in task_pools(config, specs):
-        for episode in policy_episodes(
-            pool,
-            policy,
-            task_specs,
-            max_steps=config.sim.max_steps,
-            open_loop_steps=config.policy.open_loop_steps,
-        ):
-            successes.append(bool(episode.metadata.success))
+    successes = [bool(e.metadata.success) for e in policy_stream(config, specs, policy)]
     assert len(successes) == HELD_OUT
     assert sum(successes) >= FLOOR, successes

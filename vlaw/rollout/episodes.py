@@ -196,7 +196,9 @@ def load_staged_episode(path: str) -> Episode:
     )
 
 
-def _policy_stream(config, specs: list[TaskSpec], source: str, iteration: int, policy):
+def policy_stream(
+    config, specs: list[TaskSpec], policy, source: str = "evaluate", iteration: int = 0
+) -> Iterator[Episode]:
     """Rollouts of a trained `policy` (a `vlaw.agents.policy.TrainedPolicy`) task by task, the
     policy running here in the parent and the stations in simulator workers."""
     for pool, specs_for_task in task_pools(config, specs):
@@ -262,7 +264,7 @@ def record_dataset(
         if policy is None:
             stream = _expert_stream(config, todo, source, iteration)
         else:
-            stream = _policy_stream(config, todo, source, iteration, policy)
+            stream = policy_stream(config, todo, policy, source, iteration)
         ahead: dict[str, Episode] = {}
         for spec in specs:
             id_ = episode_id(source, iteration, spec)
