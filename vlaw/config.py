@@ -210,6 +210,11 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     # Diffuse each frame's change from the current frame instead of the frame (tiny/sim, from
     # scratch: "nothing moves" is then the zero output; paper: False, Ctrl-World's weights).
     w.diffuse_residuals = not paper
+    # How each frame's pose is scaled to [-1, 1] for the action encoder (ctrl_world.py,
+    # POSE_NORMALIZATIONS): "droid", Ctrl-World's DROID percentiles (what its weights expect);
+    # "sim", the simulated station's workspace with the Euler angles wrapped about the gripper
+    # pointing down, whose roll otherwise flips between -1 and +1.
+    w.pose_normalization = "droid" if paper else "sim"
     w.num_sampling_steps = 4 if tiny else (10 if sim else 50)  # Euler steps (Ctrl-World: 50)
     # Per-frame CFG rises linearly from 1 to this (Ctrl-World: 2; 1: off). tiny/sim: off, as
     # guidance 2 gained at most 0.1 dB of held-out PSNR at tiny (lost up to 0.23) and doubles
@@ -223,6 +228,11 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     w.noise_p_mean = 0.7 if paper else 1.0
     w.noise_p_std = 1.6 if paper else 1.0
     w.sigma_max = 700.0 if paper else 80.0
+    # The sampler's last sigma before its final step to 0, whose output is then the denoiser's
+    # estimate at this sigma (Ctrl-World: 0.002). Measured at sim: the from-scratch model's
+    # samples at 0.002 change each frame twice as much as the truth does (speckle from noise
+    # levels it barely trained on) and lose 1.6 dB to copying the current frame.
+    w.sampler_sigma_min = 0.002
     w.train = _train_section(
         steps=4 if tiny else (500 if sim else 50_000),
         batch_size=2 if tiny else (4 if sim else 32),

@@ -18,6 +18,7 @@ from vlaw import pipeline
 from vlaw import workdir as workdir_lib
 from vlaw.agents import world_model as wm
 from vlaw.agents import world_model_codec as wm_codec
+from vlaw.models.world_model import ctrl_world as cw
 from vlaw.data import mixture, rlds_read
 from vlaw.eval import prediction as wm_eval
 from vlaw.phases.train_world_model import train_world_model_phase
@@ -75,6 +76,21 @@ def test_model_config_follows_the_experiment():
         wm.model_config(sim)
     paper = wm.model_config(config_lib.experiment_config(("scoop",), "paper"))
     assert wm.pixel_size(paper) == (192, 320)  # Ctrl-World's 192x320 views
+    # Poses: the sim station's wrapped workspace at sim, Ctrl-World's DROID bounds at paper, and
+    # a trained model's own from its spec (older specs, without the key: DROID's).
+    sim = config_lib.experiment_config(("scoop",), "sim")
+    assert wm.model_config(sim).pose_angle_center is not None
+    assert paper.pose_angle_center is None and paper.pose_low == cw.DROID_POSE_P01
+    assert wm.model_config_from_spec(sim, {"scaling_factor": 1.0}).pose_angle_center is None
+    sim.world_model.sampler_sigma_min = 5.0
+    assert wm.model_config(sim).sigma_min == 5.0 and paper.sigma_min == 0.002
+    sim.world_model.sampler_sigma_min = 100.0
+    with pytest.raises(ValueError, match="sampler_sigma_min=100.0 must lie in"):
+        wm.model_config(sim)
+    sim.world_model.sampler_sigma_min = 0.002
+    sim.world_model.pose_normalization = "robot"
+    with pytest.raises(ValueError, match="pose_normalization='robot'"):
+        wm.model_config(sim)
     assert paper.unet.dtype == "bfloat16" and paper.unet.remat_policy == "nothing_saveable"
 
 
@@ -205,6 +221,8 @@ def test_training_lowers_the_loss_on_a_fixed_batch(trained):
     model, vae, spec, size = loaded.model, loaded.vae, loaded.spec, loaded.pixel_size
     model_cfg = model.config
     assert model_cfg.vae.scaling_factor == spec["scaling_factor"]
+    assert spec["pose_normalization"] == "sim"
+    assert model_cfg.pose_angle_center == cw.SIM_POSE_ANGLE_CENTER
     seed = workdir_lib.phase_seed(config.seed, "train_world_model", 0)
     # The phase's own starting point (scratch UNet from its seed, the trained VAE).
     initial = wm.initial_params(spec, model, vae, size, seed)(None)

@@ -52,12 +52,15 @@ def model_config(
     config: ml_collections.ConfigDict,
     scaling_factor: float | None = None,
     residual_scale: float = 0.0,
+    pose_normalization: str | None = None,
 ):
     """The CtrlWorldConfig of `world_model.variant` with the run's frames, dtypes and remat.
 
     `num_history`/`num_future` come from `config.world_model` (the data windows use them);
     when they differ from the preset's, the memory indices fall back to Ctrl-World's own
-    (6 history frames) or an evenly spaced set.
+    (6 history frames) or an evenly spaced set. `pose_normalization` (a key of
+    `cw.POSE_NORMALIZATIONS`) defaults to `world_model.pose_normalization`; a trained model's
+    own comes from its spec (`model_config_from_spec`).
     """
     w = config.world_model
     t = w.train
@@ -96,7 +99,22 @@ def model_config(
             else (0,) + tuple(-3 * k for k in range(num_history - 1, 0, -1))
         )
         overrides.update(history_idx=idx, initial_buffer_copies=4 * num_history)
+    pose_normalization = pose_normalization or str(w.pose_normalization)
+    if pose_normalization not in cw.POSE_NORMALIZATIONS:
+        raise ValueError(
+            f"world_model.pose_normalization={pose_normalization!r}; choose one of "
+            f"{sorted(cw.POSE_NORMALIZATIONS)}"
+        )
+    pose_low, pose_high, angle_center = cw.POSE_NORMALIZATIONS[pose_normalization]
+    if not 0.0 < float(w.sampler_sigma_min) <= float(w.sigma_max):
+        raise ValueError(
+            f"world_model.sampler_sigma_min={w.sampler_sigma_min} must lie in (0, sigma_max="
+            f"{w.sigma_max}]"
+        )
     overrides.update(
+        pose_low=pose_low,
+        pose_high=pose_high,
+        pose_angle_center=angle_center,
         residual_scale=float(residual_scale),
         num_history=num_history,
         num_future=num_future,
@@ -105,13 +123,20 @@ def model_config(
         p_mean=float(w.noise_p_mean),
         p_std=float(w.noise_p_std),
         sigma_max=float(w.sigma_max),
+        sigma_min=float(w.sampler_sigma_min),
     )
     return dataclasses.replace(base, **overrides)
 
 
 def model_config_from_spec(config: ml_collections.ConfigDict, spec: dict):
-    """`model_config` with the scales a run measured and stored in world_model.json."""
-    return model_config(config, spec["scaling_factor"], spec.get("residual_scale", 0.0))
+    """`model_config` with the scales a run measured and the pose normalisation it trained
+    with, as stored in world_model.json (specs written before the key existed: "droid")."""
+    return model_config(
+        config,
+        spec["scaling_factor"],
+        spec.get("residual_scale", 0.0),
+        spec.get("pose_normalization", "droid"),
+    )
 
 
 def pixel_size(model_cfg: cw.CtrlWorldConfig) -> tuple[int, int]:

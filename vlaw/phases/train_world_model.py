@@ -88,6 +88,12 @@ def prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progr
         )
     else:
         residual_scale = 0.0
+    # A fine-tune keeps the inputs its start was trained on.
+    pose_normalization = (
+        previous.get("pose_normalization", "droid")
+        if init["kind"] == "previous_iteration"
+        else str(config.world_model.pose_normalization)
+    )
     spec = {
         "variant": str(config.world_model.variant),
         "iteration": iteration,
@@ -95,6 +101,7 @@ def prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progr
         "vae": vae_source,
         "scaling_factor": scaling_factor,
         "residual_scale": residual_scale,
+        "pose_normalization": pose_normalization,
         "text_embeddings": "clip" if config.world_model.clip_path else "seeded_random",
         "dataset_dirs": list(dataset_dirs),
         "droid_path": str(config.data.droid_path or ""),

@@ -197,6 +197,28 @@ def test_normalize_poses_bounds():
     assert float(cw.normalize_poses(high + 5.0, cfg).max()) == 1.0
 
 
+def test_sim_pose_normalization_is_continuous_through_roll_pi():
+    # A gripper pointing down: atan2 reports its roll as +pi - e or -pi + e at random. Under
+    # DROID's bounds the two land at opposite ends; wrapped about pi they are neighbours.
+    low, high, center = cw.POSE_NORMALIZATIONS["sim"]
+    cfg = cw.CtrlWorldConfig.preset("tiny", pose_low=low, pose_high=high, pose_angle_center=center)
+    droid = cw.CtrlWorldConfig.preset("tiny")
+    pose = np.array([0.5, 0.0, 0.2, np.pi - 0.01, 0.0, 1.0, 0.5], np.float32)
+    flipped = pose.copy()
+    flipped[3] = -np.pi + 0.01
+    poses = jnp.asarray(np.stack([pose, flipped]))
+    wrapped, as_droid = np.asarray(cw.normalize_poses(poses, cfg)), np.asarray(
+        cw.normalize_poses(poses, droid)
+    )
+    assert abs(wrapped[0, 3] - wrapped[1, 3]) < 0.02
+    assert abs(as_droid[0, 3] - as_droid[1, 3]) > 1.9
+    # The other dims are the plain bound normalisation, and every bound maps to -1 / +1.
+    np.testing.assert_allclose(np.delete(wrapped[0], 3), np.delete(wrapped[1], 3), atol=1e-6)
+    for bound, value in ((low, -1.0), (high, 1.0)):
+        normalised = cw.normalize_poses(jnp.asarray(bound, jnp.float32), cfg)
+        np.testing.assert_allclose(np.asarray(normalised), value, atol=1e-5)
+
+
 @pytest.fixture(scope="module")
 def tiny_model():
     cfg = cw.CtrlWorldConfig.preset("tiny", num_steps=2)

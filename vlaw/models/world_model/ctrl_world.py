@@ -48,6 +48,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import flax.linen as nn
 import jax
@@ -62,6 +63,20 @@ from vlaw.models.world_model.vae import TemporalVAE, VAEConfig, decode_latents
 # xyz (m), Euler xyz (rad), gripper.
 DROID_POSE_P01 = (0.2677, -0.4417, -0.0428, -3.1374, -1.2144, -2.1158, 0.0)
 DROID_POSE_P99 = (0.7811, 0.4367, 0.7844, 3.1375, 0.9039, 1.9916, 0.9912)
+# The simulated station's workspace (tiny/sim, trained from scratch): a gripper pointing down
+# has roll +-pi, and atan2 hands it out on either side at random (57 % negative on the sim loop's
+# iteration-1 rollouts), so under DROID's bounds the roll input jumps between -1 and +1 on
+# millimetre motions. Wrapped about SIM_POSE_ANGLE_CENTER instead, each angle is continuous.
+# Bounds: min/max over 8 expert episodes (noise 0.3, full layout spread) of each of the five
+# tasks (roll wrapped to [0, 2pi): 3.03..5.28, the scoop's pour the top), padded a little.
+SIM_POSE_LOW = (0.33, -0.37, 0.0, 2.94, -0.3, -0.45, 0.0)
+SIM_POSE_HIGH = (0.70, 0.33, 0.37, 5.34, 0.3, 2.0, 1.0)
+SIM_POSE_ANGLE_CENTER = (math.pi, 0.0, 0.0)
+# `world_model.pose_normalization` by name: (low, high, Euler angle centre or None).
+POSE_NORMALIZATIONS = {
+    "droid": (DROID_POSE_P01, DROID_POSE_P99, None),
+    "sim": (SIM_POSE_LOW, SIM_POSE_HIGH, SIM_POSE_ANGLE_CENTER),
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,6 +118,9 @@ class CtrlWorldConfig:
     residual_scale: float = 0.0
     pose_low: tuple[float, ...] = DROID_POSE_P01
     pose_high: tuple[float, ...] = DROID_POSE_P99
+    # None (Ctrl-World): the Euler angles are normalised as recorded. Else each angle is first
+    # wrapped into [centre - pi, centre + pi), so a pose near +-pi does not flip sign.
+    pose_angle_center: tuple[float, float, float] | None = None
 
     def __post_init__(self):
         if len(self.history_idx) != self.num_history:
@@ -147,7 +165,13 @@ class CtrlWorldConfig:
 
 
 def normalize_poses(poses: jax.Array, config: CtrlWorldConfig) -> jax.Array:
-    """Bound normalisation to [-1, 1] with the 1st/99th percentiles (..., 7) -> (..., 7)."""
+    """Bound normalisation to [-1, 1] with the 1st/99th percentiles (..., 7) -> (..., 7), the
+    Euler angles (dims 3-5) wrapped about `pose_angle_center` first where it is set."""
+    poses = jnp.asarray(poses)
+    if config.pose_angle_center is not None:
+        center = jnp.asarray(config.pose_angle_center, poses.dtype)
+        angles = center + jnp.mod(poses[..., 3:6] - center + jnp.pi, 2 * jnp.pi) - jnp.pi
+        poses = jnp.concatenate([poses[..., :3], angles, poses[..., 6:]], axis=-1)
     low, high = jnp.asarray(config.pose_low), jnp.asarray(config.pose_high)
     return jnp.clip(2.0 * (poses - low) / (high - low + 1e-8) - 1.0, -1.0, 1.0)
 
