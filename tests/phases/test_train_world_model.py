@@ -18,9 +18,9 @@ from vlaw import pipeline
 from vlaw import workdir as workdir_lib
 from vlaw.agents import world_model as wm
 from vlaw.agents import world_model_codec as wm_codec
-from vlaw.models.world_model import ctrl_world as cw
 from vlaw.data import mixture, rlds_read
 from vlaw.eval import prediction as wm_eval
+from vlaw.models.world_model import ctrl_world as cw
 from vlaw.phases.train_world_model import train_world_model_phase
 
 

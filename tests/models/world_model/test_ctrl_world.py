@@ -207,8 +207,9 @@ def test_sim_pose_normalization_is_continuous_through_roll_pi():
     flipped = pose.copy()
     flipped[3] = -np.pi + 0.01
     poses = jnp.asarray(np.stack([pose, flipped]))
-    wrapped, as_droid = np.asarray(cw.normalize_poses(poses, cfg)), np.asarray(
-        cw.normalize_poses(poses, droid)
+    wrapped, as_droid = (
+        np.asarray(cw.normalize_poses(poses, cfg)),
+        np.asarray(cw.normalize_poses(poses, droid)),
     )
     assert abs(wrapped[0, 3] - wrapped[1, 3]) < 0.02
     assert abs(as_droid[0, 3] - as_droid[1, 3]) > 1.9
