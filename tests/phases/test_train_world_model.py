@@ -82,6 +82,12 @@ def test_model_config_follows_the_experiment():
     assert wm.model_config(sim).pose_angle_center is not None
     assert paper.pose_angle_center is None and paper.pose_low == cw.DROID_POSE_P01
     assert wm.model_config_from_spec(sim, {"scaling_factor": 1.0}).pose_angle_center is None
+    from_spec = wm.model_config_from_spec(
+        config_lib.experiment_config(("scoop",), "paper"),
+        {"scaling_factor": 1.0, "pose_normalization": "sim"},
+    )  # the spec wins over the config
+    assert from_spec.pose_angle_center == cw.SIM_POSE_ANGLE_CENTER
+    assert from_spec.pose_low == cw.SIM_POSE_LOW
     sim.world_model.sampler_sigma_min = 5.0
     assert wm.model_config(sim).sigma_min == 5.0 and paper.sigma_min == 0.002
     sim.world_model.sampler_sigma_min = 100.0
@@ -248,8 +254,12 @@ def test_training_lowers_the_loss_on_a_fixed_batch(trained):
 def test_iteration_1_starts_from_iteration_0(trained, record_real_rollouts):
     config, workdir, _ = trained
     config.world_model.eval_windows = 0
+    # A fine-tune reads its inputs as its start was trained on them, whatever the config says.
+    config.world_model.pose_normalization = "droid"
     record_real_rollouts(config, workdir, 1)
     summary = pipeline.run_phase("train_world_model", config, workdir, iteration=1)
     assert summary["init"] == "previous_iteration" and summary["vae"] == "trained"
+    spec = wm.read_spec(workdir_lib.checkpoint_dir(workdir, "world_model", 1))
+    assert spec["pose_normalization"] == "sim"
     assert summary["dataset_dirs"][-1] == os.path.join(workdir, "iter_01", "real")
     assert summary["step"] == 6 and np.isfinite(summary["final_loss"])

@@ -165,8 +165,9 @@ class CtrlWorldConfig:
 
 
 def normalize_poses(poses: jax.Array, config: CtrlWorldConfig) -> jax.Array:
-    """Bound normalisation to [-1, 1] with the 1st/99th percentiles (..., 7) -> (..., 7), the
-    Euler angles (dims 3-5) wrapped about `pose_angle_center` first where it is set."""
+    """Bound normalisation to [-1, 1] with `pose_low`/`pose_high` (DROID: its 1st/99th
+    percentiles) (..., 7) -> (..., 7), the Euler angles (dims 3-5) wrapped about
+    `pose_angle_center` first where it is set."""
     poses = jnp.asarray(poses)
     if config.pose_angle_center is not None:
         center = jnp.asarray(config.pose_angle_center, poses.dtype)
