@@ -215,6 +215,10 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     # "sim", the simulated station's workspace with the Euler angles wrapped about the gripper
     # pointing down, whose roll otherwise flips between -1 and +1.
     w.pose_normalization = "droid" if paper else "sim"
+    # Pose maps (vlaw/models/world_model/pose_maps.py, not Ctrl-World's): each frame also gets,
+    # per camera, a blob where the gripper appears, from the cameras' calibration. "": off
+    # (Ctrl-World's weights); "sim": the simulated station's exterior cameras.
+    w.pose_maps = ""
     w.num_sampling_steps = 4 if tiny else (10 if sim else 50)  # Euler steps (Ctrl-World: 50)
     # Per-frame CFG rises linearly from 1 to this (Ctrl-World: 2; 1: off). tiny/sim: off, as
     # guidance 2 gained at most 0.1 dB of held-out PSNR at tiny (lost up to 0.23) and doubles

@@ -97,6 +97,18 @@ def test_model_config_follows_the_experiment():
     sim.world_model.pose_normalization = "robot"
     with pytest.raises(ValueError, match="pose_normalization='robot'"):
         wm.model_config(sim)
+    # Pose maps: off at paper (Ctrl-World's inputs), the sim station's cameras when asked, each
+    # adding its channels to the UNet's input; a trained model's own choice from its spec.
+    sim.world_model.pose_normalization = "sim"
+    assert paper.view_cameras is None
+    sim.world_model.pose_maps = "sim"
+    with_maps = wm.model_config(sim)
+    assert len(with_maps.view_cameras) == 3 and with_maps.view_cameras[2] is None
+    assert with_maps.unet.in_channels == 2 * 192 + cw.POSE_MAP_CHANNELS
+    assert wm.model_config_from_spec(sim, {"scaling_factor": 1.0}).view_cameras is None
+    sim.world_model.pose_maps = "zed"
+    with pytest.raises(ValueError, match="pose_maps='zed'"):
+        wm.model_config(sim)
     assert paper.unet.dtype == "bfloat16" and paper.unet.remat_policy == "nothing_saveable"
 
 

@@ -41,6 +41,17 @@ from vlaw.train import checkpoints, optim
 from vlaw.train import mesh as mesh_lib
 
 SPEC_FILE, VAE_SPEC_FILE, TEXT_FILE = "world_model.json", "vae.json", "text_embeddings.json"
+
+
+def _sim_cameras(aspect: float):
+    from vlaw.sim import scene  # MuJoCo: imported only by runs that draw the sim's cameras
+
+    return scene.camera_projections(aspect)
+
+
+# `world_model.pose_maps` by name: image aspect (height / width) -> cameras per view, or None
+# for "" (no pose maps: Ctrl-World). "sim": the simulated station's fixed exterior cameras.
+POSE_MAP_CAMERAS = {"": None, "sim": _sim_cameras}
 HISTORY_SPACING = (4, 8)  # Ctrl-World's training recipe (ctrl_world.md §1.3)
 
 
@@ -53,14 +64,16 @@ def model_config(
     scaling_factor: float | None = None,
     residual_scale: float = 0.0,
     pose_normalization: str | None = None,
+    pose_maps: str | None = None,
 ):
     """The CtrlWorldConfig of `world_model.variant` with the run's frames, dtypes and remat.
 
     `num_history`/`num_future` come from `config.world_model` (the data windows use them);
     when they differ from the preset's, the memory indices fall back to Ctrl-World's own
     (6 history frames) or an evenly spaced set. `pose_normalization` (a key of
-    `cw.POSE_NORMALIZATIONS`) defaults to `world_model.pose_normalization`; a trained model's
-    own comes from its spec (`model_config_from_spec`).
+    `cw.POSE_NORMALIZATIONS`) defaults to `world_model.pose_normalization`, and `pose_maps`
+    (a key of `POSE_MAP_CAMERAS`) to `world_model.pose_maps`; a trained model's own come from
+    its spec (`model_config_from_spec`).
     """
     w = config.world_model
     t = w.train
@@ -106,6 +119,18 @@ def model_config(
             f"{sorted(cw.POSE_NORMALIZATIONS)}"
         )
     pose_low, pose_high, angle_center = cw.POSE_NORMALIZATIONS[pose_normalization]
+    pose_maps = str(w.pose_maps if pose_maps is None else pose_maps)
+    if pose_maps not in POSE_MAP_CAMERAS:
+        raise ValueError(
+            f"world_model.pose_maps={pose_maps!r}; choose one of {sorted(POSE_MAP_CAMERAS)}"
+        )
+    if pose_maps:
+        aspect = float(config.data.image_height) / float(config.data.image_width)
+        overrides.update(view_cameras=POSE_MAP_CAMERAS[pose_maps](aspect))
+        unet = overrides["unet"]
+        overrides["unet"] = dataclasses.replace(
+            unet, in_channels=unet.in_channels + cw.POSE_MAP_CHANNELS
+        )
     if not 0.0 < float(w.sampler_sigma_min) <= float(w.sigma_max):
         raise ValueError(
             f"world_model.sampler_sigma_min={w.sampler_sigma_min} must lie in (0, sigma_max="
@@ -136,6 +161,7 @@ def model_config_from_spec(config: ml_collections.ConfigDict, spec: dict):
         spec["scaling_factor"],
         spec.get("residual_scale", 0.0),
         spec.get("pose_normalization", "droid"),
+        spec.get("pose_maps", ""),
     )
 
 

@@ -94,6 +94,11 @@ def prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progr
         if init["kind"] == "previous_iteration"
         else str(config.world_model.pose_normalization)
     )
+    pose_maps = (
+        previous.get("pose_maps", "")
+        if init["kind"] == "previous_iteration"
+        else str(config.world_model.pose_maps)
+    )
     spec = {
         "variant": str(config.world_model.variant),
         "iteration": iteration,
@@ -102,6 +107,7 @@ def prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progr
         "scaling_factor": scaling_factor,
         "residual_scale": residual_scale,
         "pose_normalization": pose_normalization,
+        "pose_maps": pose_maps,
         "text_embeddings": "clip" if config.world_model.clip_path else "seeded_random",
         "dataset_dirs": list(dataset_dirs),
         "droid_path": str(config.data.droid_path or ""),

@@ -10,6 +10,7 @@ Physics: 16 substeps of 1/240 s per 15 Hz control step, the implicit-in-velocity
 """
 
 import mujoco
+import numpy as np
 
 from vlaw.sim import panda
 
@@ -93,3 +94,30 @@ def scene_xml(task_defaults: str, task_bodies: str, task_extras: str = "") -> st
 
 def build_model(task_defaults: str, task_bodies: str, task_extras: str = "") -> mujoco.MjModel:
     return mujoco.MjModel.from_xml_string(scene_xml(task_defaults, task_bodies, task_extras))
+
+
+def camera_projections(
+    aspect: float = 1.0,
+) -> tuple[tuple[float, ...] | None, ...]:
+    """Per camera of `droid.CAMERA_NAMES`, the 3x4 matrix (row-major, 12 floats) taking a base-
+    frame point (x, y, z, 1) to (u d, v d, d): d its depth in front of the camera, (u, v) where
+    it appears as fractions of the image's width (left to right) and height (top to bottom).
+    None for the wrist camera, which moves with the hand. `aspect` = image height / width
+    (MuJoCo's `fovy` spans the height; pixels are square)."""
+    from vlaw.data import droid  # the camera order of every frame stack
+
+    scale = 1.0 / (2.0 * np.tan(np.deg2rad(CAMERA_FOVY) / 2.0))  # fovy spans the height
+    intrinsics = np.array([[aspect * scale, 0.0, 0.5], [0.0, -scale, 0.5], [0.0, 0.0, 1.0]])
+    projections = []
+    for name in droid.CAMERA_NAMES:
+        if name not in EXTERIOR_CAMERAS:
+            projections.append(None)
+            continue
+        eye, target = (np.asarray(p, float) for p in EXTERIOR_CAMERAS[name])
+        right, up = np.asarray(panda.lookat_xyaxes(eye, target).split(), float).reshape(2, 3)
+        backward = np.cross(right, up)  # MuJoCo cameras look along their -z
+        # Rows: the camera's x (right), y (up) and depth (-z) of a point relative to the eye.
+        rotation = np.stack([right, up, -backward])
+        extrinsics = np.concatenate([rotation, -(rotation @ eye)[:, None]], axis=1)
+        projections.append(tuple(float(v) for v in (intrinsics @ extrinsics).ravel()))
+    return tuple(projections)

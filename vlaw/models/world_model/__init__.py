@@ -5,6 +5,8 @@
   (AutoencoderKLTemporalDecoder).
 - `ctrl_world.py`: `CtrlWorld`, `CtrlWorldConfig`, `world_model_loss`, `predict`, `rollout`,
   `sample_future`, `karras_sigmas`, multi-view and memory-buffer helpers.
+- `pose_maps.py`: `pose_maps`, the gripper drawn where each calibrated camera sees it (extra
+  UNet channels; not Ctrl-World's, off at paper).
 - `kinematics.py`: `poses_from_joint_velocities` (π0.5 joint velocities -> Ctrl-World poses);
   `integrate_joint_velocities`, `end_effector_poses` (imagine: Franka-limited joints, poses).
 Weights: `vlaw/convert/ctrl_world.py`.

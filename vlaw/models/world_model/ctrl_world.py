@@ -56,6 +56,7 @@ import jax.numpy as jnp
 
 from vlaw.losses import diffusion_loss, edm_preconditioning
 from vlaw.models.layers import config_preset, dense
+from vlaw.models.world_model.pose_maps import POSE_MAP_CHANNELS, pose_maps
 from vlaw.models.world_model.unet import UNetConfig, UNetSpatioTemporal
 from vlaw.models.world_model.vae import TemporalVAE, VAEConfig, decode_latents
 
@@ -121,12 +122,19 @@ class CtrlWorldConfig:
     # None (Ctrl-World): the Euler angles are normalised as recorded. Else each angle is first
     # wrapped into [centre - pi, centre + pi), so a pose near +-pi does not flip sign.
     pose_angle_center: tuple[float, float, float] | None = None
+    # None (Ctrl-World): poses reach the UNet as context tokens only. Else one camera per view
+    # (`pose_maps.py`: 12 floats, or None for a moving camera): every frame also gets pose-map
+    # channels, the gripper drawn where each camera sees it; unet.in_channels must count them.
+    view_cameras: tuple[tuple[float, ...] | None, ...] | None = None
+    pose_map_sigma: float = 1.0  # the blob's standard deviation, in UNet cells
 
     def __post_init__(self):
         if len(self.history_idx) != self.num_history:
             raise ValueError(f"history_idx {self.history_idx} must have num_history entries")
         if self.hidden_dim % self.text_dim:
             raise ValueError("the text embedding is tiled: text_dim must divide the context dim")
+        if self.view_cameras is not None and len(self.view_cameras) != self.num_views:
+            raise ValueError(f"{len(self.view_cameras)} view_cameras for {self.num_views} views")
 
     @property
     def hidden_dim(self) -> int:
@@ -135,6 +143,10 @@ class CtrlWorldConfig:
     @property
     def num_frames(self) -> int:
         return self.num_history + self.num_future
+
+    @property
+    def pose_map_channels(self) -> int:
+        return 0 if self.view_cameras is None else POSE_MAP_CHANNELS
 
     @classmethod
     def preset(cls, name: str, **overrides) -> CtrlWorldConfig:
@@ -252,17 +264,29 @@ class CtrlWorld(nn.Module):
         c_noise: jax.Array,
         context: jax.Array,
         added_time_ids: jax.Array,
+        maps: jax.Array | None = None,
     ) -> jax.Array:
         """model_input (B, T, H, W, 4), condition (B, H, W, 4) (already unscaled), c_noise (B,),
-        context (B, T, 1, D), added_time_ids (B, 3) -> F (B, T, H, W, 4) float32."""
+        context (B, T, 1, D), added_time_ids (B, 3), pose maps (B, T, H, W, 2) when the config
+        has `view_cameras` -> F (B, T, H, W, 4) float32."""
         t = model_input.shape[1]
         cond = jnp.broadcast_to(condition[:, None], (condition.shape[0], t, *condition.shape[1:]))
-        x = jnp.concatenate([model_input, cond.astype(model_input.dtype)], axis=-1)
-        return self.unet(x, c_noise, context, added_time_ids)
+        parts = [model_input, cond.astype(model_input.dtype)]
+        if self.config.view_cameras is not None:
+            if maps is None:
+                raise ValueError("this world model draws pose maps (view_cameras): pass `maps`")
+            parts.append(maps.astype(model_input.dtype))
+        return self.unet(jnp.concatenate(parts, axis=-1), c_noise, context, added_time_ids)
 
     def network_from_poses(self, model_input, condition, c_noise, poses, text_embeds, ids):
         """`context` then `__call__` (also what `init` runs, so every parameter exists)."""
-        return self(model_input, condition, c_noise, self.context(poses, text_embeds), ids)
+        ctx = self.context(poses, text_embeds)
+        return self(model_input, condition, c_noise, ctx, ids, maps_for(self.config, poses))
+
+
+def maps_for(config: CtrlWorldConfig, poses: jax.Array) -> jax.Array | None:
+    """Pose maps of normalised poses (B, T, 7) when the config draws them, else None."""
+    return None if config.view_cameras is None else pose_maps(poses, config)
 
 
 def added_time_ids(config: CtrlWorldConfig, batch: int, noise_aug: float) -> jax.Array:
@@ -312,10 +336,13 @@ def world_model_loss(
     # CFG dropout: the whole (action + text) context is zeroed for 5% of the examples.
     keep = jax.random.uniform(k_drop, (b,)) >= cfg.cfg_dropout
     ctx = ctx * keep[:, None, None, None].astype(ctx.dtype)
+    maps = maps_for(cfg, batch["poses"])
+    if maps is not None:  # dropped with the context: the unconditional branch sees no pose
+        maps = maps * keep[:, None, None, None, None].astype(maps.dtype)
     ids = added_time_ids(cfg, b, cfg.train_noise_aug)
 
     def network(model_input, condition, c_noise):
-        return model.apply({"params": params}, model_input, condition, c_noise, ctx, ids)
+        return model.apply({"params": params}, model_input, condition, c_noise, ctx, ids, maps)
 
     return diffusion_loss(
         network,
@@ -419,9 +446,12 @@ def predict(
     b = history.shape[0]
     ctx = model.apply({"params": params}, poses, text_embeds, method="context")
     ids = added_time_ids(cfg, 2 * b if cfg.max_guidance > 1.0 else b, cfg.sample_noise_aug)
+    maps = maps_for(cfg, poses)
+    if maps is not None and cfg.max_guidance > 1.0:  # [unconditional (no pose), conditional]
+        maps = jnp.concatenate([jnp.zeros_like(maps), maps])
 
     def network(model_input, condition, c_noise, context):
-        return model.apply({"params": params}, model_input, condition, c_noise, context, ids)
+        return model.apply({"params": params}, model_input, condition, c_noise, context, ids, maps)
 
     if cfg.residual_scale:
         history = to_residuals(history, current, cfg.residual_scale)
