@@ -25,11 +25,16 @@ import optax
 from vlaw.agents import reward as reward_agent
 from vlaw.config import experiment_config
 
-VARIANTS = {  # name: (compute dtype, remat policy)
-    "bf16, remat nothing_saveable": ("bfloat16", "nothing_saveable"),
-    "f32, remat nothing_saveable": ("float32", "nothing_saveable"),
-    "bf16, no remat": ("bfloat16", None),
-    "f32, no remat": ("float32", None),
+# name: (compute dtype, remat policy, reward.max_instruction_tokens, reward.num_frames); None:
+# the preset's value. The last two rows show where the time goes: the prompt's padding (the
+# instruction room) and the video (frames).
+VARIANTS = {
+    "bf16, remat nothing_saveable": ("bfloat16", "nothing_saveable", None, None),
+    "f32, remat nothing_saveable": ("float32", "nothing_saveable", None, None),
+    "bf16, no remat": ("bfloat16", None, None, None),
+    "f32, no remat": ("float32", None, None, None),
+    "bf16, remat, instruction room 16 tokens": ("bfloat16", "nothing_saveable", 16, None),
+    "bf16, remat, 8 frames": ("bfloat16", "nothing_saveable", None, 8),
 }
 
 
@@ -45,6 +50,27 @@ def make_step(model_cfg, tokenizer):
     return jax.jit(step, donate_argnums=(0, 1)), optimizer
 
 
+def random_batch(config, tokenizer, model_cfg) -> dict:
+    """A train_reward batch of random clips and labels, its prompt padded as the phase pads."""
+    r, d = config.reward, config.data
+    batch_size = int(r.train.batch_size)
+    rng = np.random.default_rng(0)
+    shape = (batch_size, r.num_frames, d.image_height, d.image_width, 3)
+    length = reward_agent.prompt_length(
+        tokenizer, model_cfg, (d.image_height, d.image_width), config
+    )
+    inputs = reward_agent.model_inputs(
+        tokenizer,
+        list(rng.integers(0, 256, shape, np.uint8)),
+        ["scoop the beans into the bowl"] * batch_size,
+        model_cfg=model_cfg,
+        length=length,
+    )
+    batch = {k: jnp.asarray(v) for k, v in inputs.items()}
+    batch["label"] = jnp.asarray(rng.integers(0, 2, batch_size).astype(bool))
+    return batch
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--preset", default="sim", choices=["tiny", "sim"])
@@ -55,30 +81,21 @@ def main() -> None:
     batch_size = int(r.train.batch_size)
     tokenizer = reward_agent.reward_tokenizer(config)
     base_cfg = reward_agent.model_config(config)
-    rng = np.random.default_rng(0)
-    clips = list(
-        rng.integers(0, 256, (batch_size, r.num_frames, d.image_height, d.image_width, 3), np.uint8)
-    )
-    length = reward_agent.prompt_length(
-        tokenizer, base_cfg, (d.image_height, d.image_width), config
-    )
-    inputs = reward_agent.model_inputs(
-        tokenizer,
-        clips,
-        ["scoop the beans into the bowl"] * batch_size,
-        model_cfg=base_cfg,
-        length=length,
-    )
-    batch = {k: jnp.asarray(v) for k, v in inputs.items()}
-    batch["label"] = jnp.asarray(rng.integers(0, 2, batch_size).astype(bool))
     print(
         f"preset {args.preset}: batch {batch_size}, {r.num_frames} frames of "
-        f"{d.image_height}x{d.image_width}, prompt {length} tokens; {jax.devices()[0]}"
+        f"{d.image_height}x{d.image_width}, instruction room {r.max_instruction_tokens} tokens; "
+        f"{jax.devices()[0]}"
     )
 
     runs = {}
-    for name, (dtype, remat) in VARIANTS.items():
+    for name, (dtype, remat, instruction_tokens, num_frames) in VARIANTS.items():
         model_cfg = dataclasses.replace(base_cfg, dtype=dtype, remat_policy=remat)
+        variant = config.copy_and_resolve_references()
+        if instruction_tokens is not None:
+            variant.reward.max_instruction_tokens = instruction_tokens
+        if num_frames is not None:
+            variant.reward.num_frames = num_frames
+        batch = random_batch(variant, tokenizer, model_cfg)
         params = nn.unbox(reward_agent.init_fn_for(model_cfg)(jax.random.key(0)))
         step, optimizer = make_step(model_cfg, tokenizer)
         opt_state = optimizer.init(params)
@@ -87,26 +104,38 @@ def main() -> None:
         jax.block_until_ready(loss)
         compile_s = time.perf_counter() - start
         runs[name] = dict(
-            step=step, params=params, opt_state=opt_state, times=[], compile_s=compile_s
+            step=step,
+            params=params,
+            opt_state=opt_state,
+            batch=batch,
+            times=[],
+            compile_s=compile_s,
+            tokens=int(batch["input_ids"].shape[1]),
         )
     for _ in range(args.rounds):
         for run in runs.values():
             start = time.perf_counter()
             run["params"], run["opt_state"], loss = run["step"](
-                run["params"], run["opt_state"], batch
+                run["params"], run["opt_state"], run["batch"]
             )
             jax.block_until_ready(loss)
             run["times"].append(time.perf_counter() - start)
     # The preset's own setting (tiny trains in f32: its steps are too few for bf16).
     remat = r.train.remat_policy if r.train.remat_policy not in ("", "none") else None
-    preset_name = next(n for n, v in VARIANTS.items() if v == (r.train.compute_dtype, remat))
+    preset_name = next(
+        n for n, v in VARIANTS.items() if v == (r.train.compute_dtype, remat, None, None)
+    )
     preset_s = statistics.median(runs[preset_name]["times"])
-    print("\n| variant | first step (compile) s | median s/step | steps/s | vs preset |")
-    print("|---|---:|---:|---:|---:|")
+    print(
+        "\n| variant | prompt tokens | first step (compile) s | median s/step | steps/s | vs preset"
+        " |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for name, run in runs.items():
         median = statistics.median(run["times"])
         print(
-            f"| {name}{' (preset)' if name == preset_name else ''} | {run['compile_s']:.1f} "
+            f"| {name}{' (preset)' if name == preset_name else ''} | {run['tokens']} "
+            f"| {run['compile_s']:.1f} "
             f"| {median:.3f} | {1 / median:.2f} | {preset_s / median:.2f}x |"
         )
 
