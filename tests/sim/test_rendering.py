@@ -132,26 +132,26 @@ print("ok")
 
 
 def test_camera_projections_land_on_what_the_cameras_render():
-    """`scene.camera_projections` (the world model's pose maps) agrees with MuJoCo's renderer:
+    """`cameras.camera_projections` (the world model's pose maps) agrees with MuJoCo's renderer:
     each stack block's centre projects onto a pixel of that block's colour, in both exterior
     cameras, at full layout spread; the wrist camera has none (it moves with the hand)."""
     code = """
 import numpy as np
 from vlaw.rollout.station import TaskSpec
-from vlaw.sim import scene
+from vlaw.data import cameras
 from vlaw.sim.station import SimStationBatch
 from vlaw.sim.tasks.stack import COLORS
 
 colors = {c: np.array([float(v) for v in rgba.split()[:3]]) * 255 for c, rgba in COLORS.items()}
-cameras = scene.camera_projections(1.0)
-assert cameras[2] is None and len(cameras) == 3
+projections = cameras.camera_projections(1.0)
+assert projections[2] is None and len(projections) == 3
 batch = SimStationBatch(["stack"], 64, 64, layout_spread=1.0)
 hits = 0
 for seed in range(3):
     batch.reset([TaskSpec("stack", seed)])
     station = batch.stations[0]
     for view, name in enumerate(["exterior_image_1_left", "exterior_image_2_left"]):
-        matrix = np.asarray(cameras[view]).reshape(3, 4)
+        matrix = np.asarray(projections[view]).reshape(3, 4)
         for color in colors:
             ud, vd, depth = matrix @ np.append(station.data.body(f"block_{color}").xpos, 1.0)
             assert depth > 0

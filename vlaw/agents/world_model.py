@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
-from vlaw.data import mixture, rlds_read, windows
+from vlaw.data import cameras, mixture, rlds_read, windows
 from vlaw.data.atomic_json import read_json, write_json
 from vlaw.data.world_model_windows import world_model_batches
 from vlaw.models.world_model import ctrl_world as cw
@@ -43,15 +43,9 @@ from vlaw.train import mesh as mesh_lib
 SPEC_FILE, VAE_SPEC_FILE, TEXT_FILE = "world_model.json", "vae.json", "text_embeddings.json"
 
 
-def _sim_cameras(aspect: float):
-    from vlaw.sim import scene  # MuJoCo: imported only by runs that draw the sim's cameras
-
-    return scene.camera_projections(aspect)
-
-
 # `world_model.pose_maps` by name: image aspect (height / width) -> cameras per view, or None
 # for "" (no pose maps: Ctrl-World). "sim": the simulated station's fixed exterior cameras.
-POSE_MAP_CAMERAS = {"": None, "sim": _sim_cameras}
+POSE_MAP_CAMERAS = {"": None, "sim": cameras.camera_projections}
 HISTORY_SPACING = (4, 8)  # Ctrl-World's training recipe (ctrl_world.md §1.3)
 
 

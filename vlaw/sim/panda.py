@@ -14,6 +14,7 @@ per-step delta to the datasheet velocity limit times the step length.
 
 import numpy as np
 
+from vlaw.data import cameras
 from vlaw.franka import (  # noqa: F401  (re-exported: the simulator's arm is this Franka)
     DH_A,
     DH_ALPHA,
@@ -101,12 +102,7 @@ def _quat_from_matrix(rotation: np.ndarray) -> np.ndarray:
 
 def lookat_xyaxes(eye, target, up=(0.0, 0.0, 1.0)) -> str:
     """MJCF `xyaxes` of a camera at `eye` looking at `target` (cameras look along -z)."""
-    forward = np.asarray(target, float) - np.asarray(eye, float)
-    forward /= np.linalg.norm(forward)
-    right = np.cross(forward, np.asarray(up, float))
-    right /= np.linalg.norm(right)
-    camera_up = np.cross(right, forward)
-    return _vec([*right, *camera_up])
+    return _vec(np.concatenate(cameras.lookat_axes(eye, target, up)))
 
 
 def _link_geoms(i: int) -> str:

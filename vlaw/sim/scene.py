@@ -10,8 +10,8 @@ Physics: 16 substeps of 1/240 s per 15 Hz control step, the implicit-in-velocity
 """
 
 import mujoco
-import numpy as np
 
+from vlaw.data import cameras
 from vlaw.sim import panda
 
 CONTROL_HZ = 15
@@ -22,13 +22,8 @@ TABLE_CENTER_X = 0.5
 # Where tasks place their objects (x range, y range), in reach of the arm and in all views.
 WORKSPACE_X = (0.42, 0.68)
 WORKSPACE_Y = (-0.22, 0.22)
-# DROID's exterior ZED cameras stand to the left and right of the table looking at the
-# workspace; which one is "1" is not semantic in DROID (droid_rlds.md §1.4).
-EXTERIOR_CAMERAS = {
-    "exterior_image_1_left": ((1.0, 0.55, 0.55), (0.42, 0.0, 0.05)),
-    "exterior_image_2_left": ((1.0, -0.55, 0.55), (0.42, 0.0, 0.05)),
-}
-CAMERA_FOVY = 50.0
+# The exterior cameras (where they stand, their field of view) live in `vlaw.data.cameras`: the
+# world model's pose maps project into the same cameras.
 
 
 def scene_xml(task_defaults: str, task_bodies: str, task_extras: str = "") -> str:
@@ -37,10 +32,10 @@ def scene_xml(task_defaults: str, task_bodies: str, task_extras: str = "") -> st
     task_defaults: extra <default> classes; task_bodies: bodies inside <worldbody>;
     task_extras: top-level elements after <worldbody> (e.g. <contact>, <equality>).
     """
-    cameras = "\n".join(
+    camera_xml = "\n".join(
         f'<camera name="{name}" pos="{panda._vec(eye)}" '
-        f'xyaxes="{panda.lookat_xyaxes(eye, target)}" fovy="{CAMERA_FOVY}"/>'
-        for name, (eye, target) in EXTERIOR_CAMERAS.items()
+        f'xyaxes="{panda.lookat_xyaxes(eye, target)}" fovy="{cameras.CAMERA_FOVY}"/>'
+        for name, (eye, target) in cameras.EXTERIOR_CAMERAS.items()
     )
     half_x, half_y = TABLE_HALF_EXTENT
     return f"""
@@ -75,7 +70,7 @@ def scene_xml(task_defaults: str, task_bodies: str, task_extras: str = "") -> st
           rgba="0.3 0.3 0.3 1" contype="0" conaffinity="0"/>
     <geom name="backdrop" type="box" pos="-0.45 0 0.3" size="0.02 1.5 0.8"
           rgba="0.75 0.78 0.8 1" contype="0" conaffinity="0"/>
-    {cameras}
+    {camera_xml}
     {panda.panda_body_xml()}
     {task_bodies}
   </worldbody>
@@ -94,30 +89,3 @@ def scene_xml(task_defaults: str, task_bodies: str, task_extras: str = "") -> st
 
 def build_model(task_defaults: str, task_bodies: str, task_extras: str = "") -> mujoco.MjModel:
     return mujoco.MjModel.from_xml_string(scene_xml(task_defaults, task_bodies, task_extras))
-
-
-def camera_projections(
-    aspect: float = 1.0,
-) -> tuple[tuple[float, ...] | None, ...]:
-    """Per camera of `droid.CAMERA_NAMES`, the 3x4 matrix (row-major, 12 floats) taking a base-
-    frame point (x, y, z, 1) to (u d, v d, d): d its depth in front of the camera, (u, v) where
-    it appears as fractions of the image's width (left to right) and height (top to bottom).
-    None for the wrist camera, which moves with the hand. `aspect` = image height / width
-    (MuJoCo's `fovy` spans the height; pixels are square)."""
-    from vlaw.data import droid  # the camera order of every frame stack
-
-    scale = 1.0 / (2.0 * np.tan(np.deg2rad(CAMERA_FOVY) / 2.0))  # fovy spans the height
-    intrinsics = np.array([[aspect * scale, 0.0, 0.5], [0.0, -scale, 0.5], [0.0, 0.0, 1.0]])
-    projections = []
-    for name in droid.CAMERA_NAMES:
-        if name not in EXTERIOR_CAMERAS:
-            projections.append(None)
-            continue
-        eye, target = (np.asarray(p, float) for p in EXTERIOR_CAMERAS[name])
-        right, up = np.asarray(panda.lookat_xyaxes(eye, target).split(), float).reshape(2, 3)
-        backward = np.cross(right, up)  # MuJoCo cameras look along their -z
-        # Rows: the camera's x (right), y (up) and depth (-z) of a point relative to the eye.
-        rotation = np.stack([right, up, -backward])
-        extrinsics = np.concatenate([rotation, -(rotation @ eye)[:, None]], axis=1)
-        projections.append(tuple(float(v) for v in (intrinsics @ extrinsics).ravel()))
-    return tuple(projections)

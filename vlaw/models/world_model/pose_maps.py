@@ -12,7 +12,7 @@ job. Views without a fixed camera (the wrist camera moves with the hand) get zer
 
 Cameras are 3x4 matrices (`CtrlWorldConfig.view_cameras`, row-major) taking a base-frame point
 (x, y, z, 1) to (u d, v d, d): d the depth, (u, v) the image position as fractions of width
-and height from the top-left corner (`vlaw.sim.scene.camera_projections` for the simulated
+and height from the top-left corner (`vlaw.data.cameras.camera_projections` for the simulated
 station).
 """
 
