@@ -21,6 +21,7 @@ from vlaw.agents import world_model_codec as wm_codec
 from vlaw.data import mixture, rlds_read
 from vlaw.eval import prediction as wm_eval
 from vlaw.models.world_model import ctrl_world as cw
+from vlaw.models.world_model.pose_maps import POSE_MAP_CHANNELS
 from vlaw.phases.train_world_model import train_world_model_phase
 
 
@@ -104,7 +105,7 @@ def test_model_config_follows_the_experiment():
     sim.world_model.pose_maps = "sim"
     with_maps = wm.model_config(sim)
     assert len(with_maps.view_cameras) == 3 and with_maps.view_cameras[2] is None
-    assert with_maps.unet.in_channels == 2 * 192 + cw.POSE_MAP_CHANNELS
+    assert with_maps.unet.in_channels == 2 * 192 + POSE_MAP_CHANNELS
     assert wm.model_config_from_spec(sim, {"scaling_factor": 1.0}).view_cameras is None
     sim.world_model.pose_maps = "zed"
     with pytest.raises(ValueError, match="pose_maps='zed'"):

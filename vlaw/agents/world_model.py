@@ -36,17 +36,16 @@ from vlaw.data import cameras, mixture, rlds_read, windows
 from vlaw.data.atomic_json import read_json, write_json
 from vlaw.data.world_model_windows import world_model_batches
 from vlaw.models.world_model import ctrl_world as cw
+from vlaw.models.world_model.pose_maps import POSE_MAP_CHANNELS
 from vlaw.models.world_model.vae import TemporalVAE, VAEConfig, encode_latents
 from vlaw.train import checkpoints, optim
 from vlaw.train import mesh as mesh_lib
 
 SPEC_FILE, VAE_SPEC_FILE, TEXT_FILE = "world_model.json", "vae.json", "text_embeddings.json"
-
-
+HISTORY_SPACING = (4, 8)  # Ctrl-World's training recipe (ctrl_world.md §1.3)
 # `world_model.pose_maps` by name: image aspect (height / width) -> cameras per view, or None
 # for "" (no pose maps: Ctrl-World). "sim": the simulated station's fixed exterior cameras.
 POSE_MAP_CAMERAS = {"": None, "sim": cameras.camera_projections}
-HISTORY_SPACING = (4, 8)  # Ctrl-World's training recipe (ctrl_world.md §1.3)
 
 
 # --------------------------------------------------------------------------------------------
@@ -123,7 +122,7 @@ def model_config(
         overrides.update(view_cameras=POSE_MAP_CAMERAS[pose_maps](aspect))
         unet = overrides["unet"]
         overrides["unet"] = dataclasses.replace(
-            unet, in_channels=unet.in_channels + cw.POSE_MAP_CHANNELS
+            unet, in_channels=unet.in_channels + POSE_MAP_CHANNELS
         )
     if not 0.0 < float(w.sampler_sigma_min) <= float(w.sigma_max):
         raise ValueError(

@@ -56,7 +56,7 @@ import jax.numpy as jnp
 
 from vlaw.losses import diffusion_loss, edm_preconditioning
 from vlaw.models.layers import config_preset, dense
-from vlaw.models.world_model.pose_maps import POSE_MAP_CHANNELS, pose_maps
+from vlaw.models.world_model.pose_maps import pose_maps
 from vlaw.models.world_model.unet import UNetConfig, UNetSpatioTemporal
 from vlaw.models.world_model.vae import TemporalVAE, VAEConfig, decode_latents
 
@@ -143,10 +143,6 @@ class CtrlWorldConfig:
     @property
     def num_frames(self) -> int:
         return self.num_history + self.num_future
-
-    @property
-    def pose_map_channels(self) -> int:
-        return 0 if self.view_cameras is None else POSE_MAP_CHANNELS
 
     @classmethod
     def preset(cls, name: str, **overrides) -> CtrlWorldConfig:

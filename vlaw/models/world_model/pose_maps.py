@@ -8,7 +8,9 @@ steps its mean prediction was the current frame again, the arm left where it was
 mapping is known, so each frame also gets, per view, a Gaussian blob on the UNet's grid at the
 tool centre point's projection (channel 0) and the same blob signed by the gripper's
 normalised opening (channel 1); "draw the arm where the blob is" is then a local, convolutional
-job. Views without a fixed camera (the wrist camera moves with the hand) get zeros.
+job. Views without a fixed camera (the wrist camera moves with the hand) get zeros. Measured at
+sim (benchmarks/RESULTS.md, "Pose maps"): no gain at 600 steps of 4 clips, with or without
+them the mean prediction ghosts the arm between its old and new pose; off by default.
 
 Cameras are 3x4 matrices (`CtrlWorldConfig.view_cameras`, row-major) taking a base-frame point
 (x, y, z, 1) to (u d, v d, d): d the depth, (u, v) the image position as fractions of width
