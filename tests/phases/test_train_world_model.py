@@ -269,10 +269,11 @@ def test_iteration_1_starts_from_iteration_0(trained, record_real_rollouts):
     config.world_model.eval_windows = 0
     # A fine-tune reads its inputs as its start was trained on them, whatever the config says.
     config.world_model.pose_normalization = "droid"
+    config.world_model.pose_maps = "sim"
     record_real_rollouts(config, workdir, 1)
     summary = pipeline.run_phase("train_world_model", config, workdir, iteration=1)
     assert summary["init"] == "previous_iteration" and summary["vae"] == "trained"
     spec = wm.read_spec(workdir_lib.checkpoint_dir(workdir, "world_model", 1))
-    assert spec["pose_normalization"] == "sim"
+    assert spec["pose_normalization"] == "sim" and spec["pose_maps"] == ""
     assert summary["dataset_dirs"][-1] == os.path.join(workdir, "iter_01", "real")
     assert summary["step"] == 6 and np.isfinite(summary["final_loss"])

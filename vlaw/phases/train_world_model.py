@@ -88,17 +88,13 @@ def prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progr
         )
     else:
         residual_scale = 0.0
-    # A fine-tune keeps the inputs its start was trained on.
-    pose_normalization = (
-        previous.get("pose_normalization", "droid")
-        if init["kind"] == "previous_iteration"
-        else str(config.world_model.pose_normalization)
-    )
-    pose_maps = (
-        previous.get("pose_maps", "")
-        if init["kind"] == "previous_iteration"
-        else str(config.world_model.pose_maps)
-    )
+
+    def model_input(key: str, before_the_key_existed: str) -> str:
+        """A fine-tune keeps the inputs its start was trained on; else the config's."""
+        if init["kind"] == "previous_iteration":
+            return previous.get(key, before_the_key_existed)
+        return str(config.world_model[key])
+
     spec = {
         "variant": str(config.world_model.variant),
         "iteration": iteration,
@@ -106,8 +102,8 @@ def prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progr
         "vae": vae_source,
         "scaling_factor": scaling_factor,
         "residual_scale": residual_scale,
-        "pose_normalization": pose_normalization,
-        "pose_maps": pose_maps,
+        "pose_normalization": model_input("pose_normalization", "droid"),
+        "pose_maps": model_input("pose_maps", ""),
         "text_embeddings": "clip" if config.world_model.clip_path else "seeded_random",
         "dataset_dirs": list(dataset_dirs),
         "droid_path": str(config.data.droid_path or ""),

@@ -56,6 +56,18 @@ def test_blob_peaks_on_the_cell_the_point_projects_to():
     assert shifted[0, 0, 2, 6, 0] > first[2, 6] and shifted[0, 0, 2, 4, 0] < first[2, 4]
 
 
+def test_positions_survive_the_pose_normalisation():
+    """The maps read xyz back from the poses the model is given: `denormalize_positions` must
+    invert `ctrl_world.normalize_poses` on the position, under the sim station's bounds."""
+    low, high, center = cw.POSE_NORMALIZATIONS["sim"]
+    cfg = cw.CtrlWorldConfig.preset("tiny", pose_low=low, pose_high=high, pose_angle_center=center)
+    xyz = np.array([[0.45, -0.2, 0.05], [0.62, 0.25, 0.3]], np.float32)
+    poses = np.concatenate([xyz, np.tile([[np.pi, 0.0, 0.5, 0.7]], (2, 1))], axis=1)
+    normalised = cw.normalize_poses(jnp.asarray(poses, jnp.float32), cfg)
+    back = pm.denormalize_positions(normalised, cfg.pose_low, cfg.pose_high)
+    np.testing.assert_allclose(np.asarray(back), xyz, atol=1e-5)
+
+
 def test_camera_count_must_match_the_views():
     with pytest.raises(ValueError, match="2 view_cameras for 3 views"):
         _config((FLAT, None))
