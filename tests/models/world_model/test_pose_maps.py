@@ -73,6 +73,7 @@ def test_camera_count_must_match_the_views():
         _config((FLAT, None))
 
 
+@pytest.mark.slow  # a tiny UNet's init and two forwards: ~50 s on 2 CPU cores, off by default
 def test_a_model_with_pose_maps_sees_where_the_gripper_is():
     """The maps enter the UNet as channels: moving the gripper changes the network's output
     even with the context (the pose tokens) held fixed; leaving them out is an error."""
