@@ -160,6 +160,24 @@ def test_psnr():
     np.testing.assert_allclose(wm_eval.psnr(a, b), 10 * np.log10(255.0**2 / 100.0))
 
 
+def test_psnr_where_it_moves_scores_only_the_pixels_that_change():
+    current = np.full((1, 1, 4, 4, 3), 100, np.uint8)
+    truth = np.repeat(current, 2, axis=1)  # two future frames; one pixel moves in the second
+    truth[0, 1, 0, 0, 2] = 200
+    prediction = truth.copy()
+    prediction[0, 0] = 0  # wrong everywhere that holds still: not counted
+    prediction[0, 1, 0, 0] = (100, 100, 190)  # off by 10 grey levels where it moves
+    got = wm_eval.psnr_where_it_moves(prediction, truth, current)
+    np.testing.assert_allclose(got, 10 * np.log10(255.0**2 / (100.0 / 3)))
+    copied = np.broadcast_to(current, truth.shape)
+    np.testing.assert_allclose(
+        wm_eval.psnr_where_it_moves(copied, truth, current),
+        10 * np.log10(255.0**2 / 3333.33),
+        rtol=1e-4,
+    )
+    assert wm_eval.psnr_where_it_moves(current, current, current) is None
+
+
 def test_windows_hold_out_the_newest_episode_and_carry_instructions(collected):
     config, workdir = collected
     dirs = workdir_lib.world_model_training_dirs(workdir, 0)
@@ -218,6 +236,8 @@ def test_phase_trains_checkpoints_and_reports_the_prediction_check(trained):
     assert summary["vae_scaling_factor"] > 0 and summary["eval_heldout"]
     for key in ("psnr_prediction", "psnr_copy_current_frame", "psnr_vae_reconstruction"):
         assert np.isfinite(summary[key]) and summary[key] > 0
+    if summary["psnr_copy_moving"] is not None:  # tiny clips can hold still
+        assert summary["psnr_copy_moving"] < summary["psnr_copy_current_frame"]
     with open(os.path.join(directory, wm.TEXT_FILE)) as f:
         vectors = json.load(f)["vectors"]  # the scoop task's instruction variants seen
     assert vectors
@@ -277,3 +297,27 @@ def test_iteration_1_starts_from_iteration_0(trained, record_real_rollouts):
     assert spec["pose_normalization"] == "sim" and spec["pose_maps"] == ""
     assert summary["dataset_dirs"][-1] == os.path.join(workdir, "iter_01", "real")
     assert summary["step"] == 6 and np.isfinite(summary["final_loss"])
+
+
+@pytest.mark.slow
+def test_fit_benchmark_scores_trained_and_unseen_windows(trained):
+    """benchmarks/sim_world_model_fit.py on this run: both window sets, both samplers, the
+    copy's PSNR below the moving pixels' ceiling and the ratio consistent with the PSNRs."""
+    import sys
+
+    sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))
+    import sim_world_model_fit
+
+    config, workdir, _ = trained
+    rows = sim_world_model_fit.fit_rows(config, workdir, 0, num_windows=2)
+    assert [(r["windows"], r["sampler"].split(":")[0]) for r in rows] == [
+        ("trained on", "preset"),
+        ("trained on", "mean"),
+        ("never seen", "preset"),
+        ("never seen", "mean"),
+    ]
+    for r in rows:
+        assert r["n"] == 2 and np.isfinite(r["all"]) and np.isfinite(r["copy_all"])
+        if r["moving"] is not None:
+            expected = 10 ** ((r["copy_moving"] - r["moving"]) / 10)
+            np.testing.assert_allclose(r["mse_ratio"], expected)
