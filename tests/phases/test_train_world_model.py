@@ -301,8 +301,8 @@ def test_iteration_1_starts_from_iteration_0(trained, record_real_rollouts):
 
 @pytest.mark.slow
 def test_fit_benchmark_scores_trained_and_unseen_windows(trained):
-    """benchmarks/sim_world_model_fit.py on this run: both window sets, both samplers, the
-    copy's PSNR below the moving pixels' ceiling and the ratio consistent with the PSNRs."""
+    """benchmarks/sim_world_model_fit.py on this run: both window sets with both samplers, finite
+    PSNRs, and the error ratio on moving pixels consistent with their two PSNRs."""
     import sys
 
     sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "..", "benchmarks"))

@@ -3,8 +3,9 @@
 Check. After training, one chunk is predicted for `eval_windows` windows of the held-out
 episodes (history and current frame given, `predict` with the config's sampler) and decoded;
 the summary reports the PSNR of the predicted future frames against the true ones, beside the
-copy-the-current-frame baseline and the VAE's own reconstruction PSNR (the ceiling), each also
-over the pixels that move alone (`psnr_where_it_moves`), where copying cannot score.
+copy-the-current-frame baseline and the VAE's own reconstruction PSNR (the ceiling), and the
+prediction's and the copy's PSNR over the moving pixels alone (`psnr_where_it_moves`), where
+copying cannot score.
 """
 
 from __future__ import annotations
