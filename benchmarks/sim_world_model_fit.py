@@ -67,21 +67,19 @@ def windows_of(config, groups, num_windows: int, image_size) -> dict:
 
 
 def score(trained, model_cfg, windows_, seed: int) -> dict:
+    """The phase's own check (`prediction.evaluate_prediction`) with `model_cfg`'s sampler, plus
+    the moving pixels' MSE ratio (prediction over copy) from their two PSNRs."""
     model = dataclasses.replace(trained.model, config=model_cfg)
     start = time.time()
-    out = prediction.predict_windows(
+    m = prediction.evaluate_prediction(
         model, trained.vae, trained.params, windows_, trained.text, seed
     )
-    truth, current = out["truth"], out["current"]
-    copied = np.broadcast_to(current, truth.shape)
-    moving = prediction.psnr_where_it_moves(out["predicted"], truth, current)
-    copy_moving = prediction.psnr_where_it_moves(copied, truth, current)
+    moving, copy_moving = m["psnr_prediction_moving"], m["psnr_copy_moving"]
     return {
-        "all": prediction.psnr(out["predicted"], truth),
-        "copy_all": prediction.psnr(copied, truth),
+        "all": m["psnr_prediction"],
+        "copy_all": m["psnr_copy_current_frame"],
         "moving": moving,
         "copy_moving": copy_moving,
-        # MSE ratio from the two PSNRs over the same pixels.
         "mse_ratio": None if moving is None else 10 ** ((copy_moving - moving) / 10),
         "seconds": time.time() - start,
     }

@@ -316,6 +316,8 @@ def test_fit_benchmark_scores_trained_and_unseen_windows(trained):
         ("never seen", "preset"),
         ("never seen", "mean"),
     ]
+    for preset, mean in (rows[:2], rows[2:]):  # one set's windows: the same copy, two samplers
+        assert preset["copy_all"] == mean["copy_all"] and preset["all"] != mean["all"]
     for r in rows:
         assert r["n"] == 2 and np.isfinite(r["all"]) and np.isfinite(r["copy_all"])
         if r["moving"] is not None:
