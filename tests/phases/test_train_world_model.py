@@ -22,7 +22,7 @@ from vlaw.data import mixture, rlds_read
 from vlaw.eval import prediction as wm_eval
 from vlaw.models.world_model import ctrl_world as cw
 from vlaw.models.world_model.pose_maps import POSE_MAP_CHANNELS
-from vlaw.phases.train_world_model import train_world_model_phase
+from vlaw.phases.train_world_model import prepare, train_world_model_phase
 
 
 def _tiny_config():
@@ -151,6 +151,37 @@ def test_start_point_previous_iteration_then_init_from_then_scratch(tmp_path):
     with open(os.path.join(previous, wm.SPEC_FILE), "w") as f:
         json.dump({}, f)
     assert start(1, str(released)) == ("previous_iteration", previous)
+
+
+def test_init_from_another_runs_world_model_keeps_its_codec_and_inputs(tmp_path):
+    """A world model pre-trained in another run (init_from) is fine-tuned on the codec, residual
+    scale and pose inputs it learned, not on this run's config or a scale measured afresh."""
+    pretrained = str(tmp_path / "pretrain" / "checkpoints" / "world_model" / "iter_00")
+    os.makedirs(os.path.join(pretrained, "500"))  # a committed step
+    source_spec = {
+        "vae": {"kind": "pixels", "path": "", "scaling_factor": 2.5},
+        "scaling_factor": 2.5,
+        "residual_scale": 3.25,
+        "pose_normalization": "sim",
+        "pose_maps": "sim",
+    }
+    wm.write_spec(pretrained, source_spec)
+    config = config_lib.experiment_config(("scoop",), "sim")
+    config.world_model.train.init_from = pretrained
+    config.world_model.pose_normalization = "droid"  # what a fresh start would take
+    config.world_model.pose_maps = ""
+    workdir = str(tmp_path / "run")
+    # No data: with a vlaw start nothing is measured or trained before the UNet's fine-tune.
+    spec = prepare(config, workdir, 1, [], [], [], progress=False)
+    assert spec["init"] == {"kind": "vlaw", "path": pretrained}
+    assert spec["vae"] == source_spec["vae"] and spec["scaling_factor"] == 2.5
+    assert spec["residual_scale"] == 3.25
+    assert spec["pose_normalization"] == "sim" and spec["pose_maps"] == "sim"
+    assert wm.read_spec(workdir_lib.checkpoint_dir(workdir, "world_model", 1)) == spec
+    # A pre-trained model in the other space is refused before anything is fine-tuned.
+    config.world_model.space = "latent"
+    with pytest.raises(ValueError, match="space"):
+        prepare(config, str(tmp_path / "run_latent"), 1, [], [], [], progress=False)
 
 
 def test_psnr():

@@ -20,9 +20,11 @@ Weights (`vlaw.workdir.model_start`, `vlaw.agents.world_model.initial_params`): 
 trainer restores the newest checkpoint of this iteration's directory with its data position);
 else the previous iteration's checkpoint; else `world_model.train.init_from` (a vlaw run's
 checkpoint directory, or Ctrl-World's released `checkpoint-10000.pt` converted by
-`vlaw.convert.ctrl_world`); else a fresh UNet. With `world_model.train.ema_decay` > 0 the check
-and imagination use the moving average of the weights; the next iteration starts from the raw
-weights. The frame codec and its scales: `vlaw.agents.world_model_codec`.
+`vlaw.convert.ctrl_world`); else a fresh UNet. A start from a vlaw checkpoint (either kind)
+keeps the frame codec, residual scale and pose inputs it was trained with. With
+`world_model.train.ema_decay` > 0 the check and imagination use the moving average of the
+weights; the next iteration starts from the raw weights. The frame codec and its scales:
+`vlaw.agents.world_model_codec`.
 """
 
 from __future__ import annotations
@@ -60,7 +62,12 @@ def prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progr
         is_trained=wm.is_trained,
     )
     init = {"kind": wm.resolve_start_kind(start.kind, start.path), "path": start.path}
-    if init["kind"] == "previous_iteration":
+    # A vlaw checkpoint (this run's previous iteration, or another run's world model through
+    # init_from, e.g. one pre-trained on a large scripted corpus) was trained on its own codec
+    # and inputs: its params carry that codec, and its UNet learned that residual scale and
+    # pose scaling, so the fine-tune keeps them whatever this run's config or data say.
+    fine_tune = init["kind"] in ("previous_iteration", "vlaw")
+    if fine_tune:
         previous = wm.read_spec(init["path"])
         wm.check_space(config, previous, init["path"])
         vae_source = previous["vae"]  # the same frozen codec, carried in the params
@@ -75,7 +82,7 @@ def prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progr
         )
     base_scale = cw.CtrlWorldConfig.preset(config.world_model.variant).vae.scaling_factor
     scaling_factor = vae_source["scaling_factor"] or base_scale
-    if init["kind"] == "previous_iteration":
+    if fine_tune:
         residual_scale = previous.get("residual_scale", 0.0)
     elif config.world_model.diffuse_residuals:
         residual_scale = measure_residual_scale(
@@ -91,7 +98,7 @@ def prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progr
 
     def model_input(key: str, before_the_key_existed: str) -> str:
         """A fine-tune keeps the inputs its start was trained on; else the config's."""
-        if init["kind"] == "previous_iteration":
+        if fine_tune:
             return previous.get(key, before_the_key_existed)
         return str(config.world_model[key])
 
