@@ -7,7 +7,10 @@ import pytest
 
 from vlaw import config as vlaw_config
 
-EXPERIMENTS = sorted((pathlib.Path(__file__).parent.parent / "experiments").glob("*.py"))
+ALL_EXPERIMENTS = sorted((pathlib.Path(__file__).parent.parent / "experiments").glob("*.py"))
+# experiments/world_model_pretrain.py is a recipe for the sim world model, not a VLAW run.
+PRETRAIN = "world_model_pretrain"
+EXPERIMENTS = [p for p in ALL_EXPERIMENTS if p.stem != PRETRAIN]
 
 
 def _load(path):
@@ -20,6 +23,21 @@ def _load(path):
 def test_all_six_experiments_exist():
     names = {p.stem for p in EXPERIMENTS}
     assert names == {"scoop", "stack", "open_book", "erase", "draw", "multitask"}
+    assert {p.stem for p in ALL_EXPERIMENTS} == names | {PRETRAIN}
+
+
+def test_world_model_pretrain_recipe_has_tiny_and_sim_only():
+    module = _load(next(p for p in ALL_EXPERIMENTS if p.stem == PRETRAIN))
+    sim = module.get_config("sim")
+    assert sim.tasks == tuple(vlaw_config.experiment_config(("scoop",), "sim").study.tasks)
+    assert sim.loop.warmstart_demos_per_task == module.SIM_DEMOS_PER_TASK
+    assert sim.world_model.train.steps == module.SIM_STEPS
+    assert sim.world_model.train.compute_dtype == "float32"
+    assert sim.world_model.train.remat_policy == "none"
+    assert module.get_config("tiny").world_model.train.steps == 4
+    for preset in (None, "paper"):
+        with pytest.raises(ValueError, match="Ctrl-World's released checkpoint"):
+            module.get_config(preset)
 
 
 @pytest.mark.parametrize("path", EXPERIMENTS, ids=lambda p: p.stem)
