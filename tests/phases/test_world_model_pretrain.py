@@ -30,9 +30,7 @@ def test_a_run_fine_tunes_the_pretrained_world_model(tmp_path):
     recipe.mesh.tensor = 4  # 8 fake devices: data=2 carries the tiny batch of 2
     pipeline.run_phase("collect", recipe, pretrain_dir, iteration=0)
     summary = pipeline.run_phase("train_world_model", recipe, pretrain_dir, iteration=0)
-    assert summary["step"] == 4 and summary["dataset_dirs"] == [
-        workdir_lib.demos_dir(pretrain_dir)
-    ]
+    assert summary["step"] == 4 and summary["dataset_dirs"] == [workdir_lib.demos_dir(pretrain_dir)]
     pretrained = workdir_lib.checkpoint_dir(pretrain_dir, "world_model", 0)
     source_spec = wm.read_spec(pretrained)
 
