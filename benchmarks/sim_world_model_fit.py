@@ -28,7 +28,7 @@ from vlaw import workdir as workdir_lib
 from vlaw.agents import world_model as wm
 from vlaw.config import experiment_config
 from vlaw.data import rlds_read
-from vlaw.eval import prediction
+from vlaw.eval import images, prediction
 
 
 def spread_episodes(
@@ -85,8 +85,44 @@ def score(trained, model_cfg, windows_, seed: int) -> dict:
     }
 
 
-def fit_rows(config, workdir: str, iteration: int, num_windows: int, seed: int = 0) -> list[dict]:
-    """One row per (window set, sampler) for the world model of `iteration` in `workdir`."""
+def figure(trained, samplers: dict, windows_: dict, seed: int, count: int = 4) -> np.ndarray:
+    """A picture of `count` windows, one row each: the current frame, the truth at the chunk's
+    last frame, then each sampler's prediction of it; the three cameras stacked, enlarged 2x."""
+    windows_ = {k: v[:count] for k, v in windows_.items()}
+    predictions = [
+        prediction.predict_windows(
+            dataclasses.replace(trained.model, config=model_cfg),
+            trained.vae,
+            trained.params,
+            windows_,
+            trained.text,
+            seed,
+        )
+        for model_cfg in samplers.values()
+    ]
+
+    def stacked(views):  # (V, H, W, 3) -> (V*H, W, 3), enlarged
+        return images.enlarge(np.concatenate(list(views), axis=0), 2 * len(views) * views.shape[1])
+
+    rows = []
+    for n in range(len(windows_["instructions"])):
+        first = predictions[0]
+        row = [stacked(first["current"][n, 0]), stacked(first["truth"][n, -1])]
+        row += [stacked(p["predicted"][n, -1]) for p in predictions]
+        rows.append(row)
+    return images.tile(rows)
+
+
+def fit_rows(
+    config,
+    workdir: str,
+    iteration: int,
+    num_windows: int,
+    seed: int = 0,
+    figure_path: str | None = None,
+) -> list[dict]:
+    """One row per (window set, sampler) for the world model of `iteration` in `workdir`;
+    with `figure_path`, also `figure` of the trained-on windows written there as a PNG."""
     directory = workdir_lib.checkpoint_dir(workdir, "world_model", iteration)
     trained = wm.load_world_model(config, directory)
     spec, image_size = trained.spec, trained.pixel_size
@@ -111,6 +147,8 @@ def fit_rows(config, workdir: str, iteration: int, num_windows: int, seed: int =
         if not groups:
             continue
         windows_ = windows_of(config, groups, num_windows, image_size)
+        if figure_path and set_name == "trained on":
+            images.write_png(figure_path, figure(trained, samplers, windows_, seed))
         for sampler_name, model_cfg in samplers.items():
             rows.append(
                 {
@@ -131,10 +169,17 @@ def main() -> None:
     parser.add_argument("--preset", default="sim")
     parser.add_argument("--windows", type=int, default=24, help="windows per set")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--figure",
+        default="",
+        help="PNG path: 4 trained-on windows, current frame, truth, each sampler's prediction",
+    )
     args = parser.parse_args()
 
     config = experiment_config(tuple(args.tasks.split(",")), args.preset)
-    rows = fit_rows(config, args.workdir, args.iteration, args.windows, args.seed)
+    rows = fit_rows(
+        config, args.workdir, args.iteration, args.windows, args.seed, args.figure or None
+    )
 
     def fmt(value, digits=2):
         return "-" if value is None else f"{value:.{digits}f}"

@@ -8,6 +8,7 @@ starting from iteration 0's checkpoint.
 
 import json
 import os
+import struct
 
 import jax
 import numpy as np
@@ -340,7 +341,16 @@ def test_fit_benchmark_scores_trained_and_unseen_windows(trained):
     import sim_world_model_fit
 
     config, workdir, _ = trained
-    rows = sim_world_model_fit.fit_rows(config, workdir, 0, num_windows=2)
+    picture = os.path.join(workdir, "fit.png")
+    rows = sim_world_model_fit.fit_rows(config, workdir, 0, num_windows=2, figure_path=picture)
+    with open(picture, "rb") as f:
+        png = f.read()
+    assert png[:8] == b"\x89PNG\r\n\x1a\n"
+    # 2 windows in rows of 4 pictures (current, truth, 2 samplers), 3 views stacked, 2x, 4 px gaps
+    h, w = wm.load_world_model(
+        config, workdir_lib.checkpoint_dir(workdir, "world_model", 0)
+    ).pixel_size
+    assert struct.unpack(">II", png[16:24]) == (4 * 2 * w + 3 * 4, 2 * 2 * 3 * h + 4)
     assert [(r["windows"], r["sampler"].split(":")[0]) for r in rows] == [
         ("trained on", "preset"),
         ("trained on", "mean"),
