@@ -3,10 +3,11 @@ simulated station's DROID), for sim runs to fine-tune from, as VLAW fine-tunes a
 that was pre-trained on DROID (paper §4.1).
 
 Why: trained from scratch for a loop iteration's 500 steps, the sim world model does not fit
-even its own training windows (benchmarks/RESULTS.md, "What limits imagination at sim"); its
-error where the scene moves falls only slowly with steps. A loop cannot afford thousands of
-steps per iteration on a few CPU cores; one pre-training shared by every run and seed of the
-study can, and it resumes where it stopped (run the same command again).
+even its own training windows; six times the steps cut its error where the scene moves to 0.73
+of copying the current frame's (benchmarks/RESULTS.md, "The sim world model against training
+steps"). A loop cannot afford thousands of steps per iteration on a few CPU cores; one
+pre-training shared by every run and seed of the study can, and it resumes where it stopped
+(run the same command again).
 
 Run (demonstrations first, then the world model on them alone; both resume):
   python launch.py --config=experiments/world_model_pretrain.py:sim \\
@@ -23,7 +24,7 @@ Ctrl-World's released checkpoint (`world_model.train.init_from`).
 
 from vlaw.config import experiment_config
 
-# Demonstrations per task of the corpus: 150 x ~130 steps per task, against the loop's 25.
+# Demonstrations per task of the corpus (~105 steps each), against the loop's 25.
 SIM_DEMOS_PER_TASK = 150
 # Optimizer steps of 4 clips: 40x a loop iteration's 500, about 9 h on 2 CPU cores.
 SIM_STEPS = 20_000
@@ -45,7 +46,7 @@ def get_config(arg=None):
     train.steps = 4 if tiny else SIM_STEPS
     # From scratch, LR 1e-3 lowered the loss faster than the loop's 1e-4 (0.66 against 1.03 at
     # 600 steps; RESULTS.md); float32 without remat ran 0.52 steps/s against bfloat16 with
-    # remat's 0.48 on the CPU, at 1.5 GB of temporaries instead of 1.2.
+    # remat's 0.48 on the CPU (two 40-step runs), at 1.5 GB of temporaries instead of 1.2.
     train.learning_rate = 1e-3
     train.warmup_steps = 2 if tiny else 200
     train.compute_dtype = "float32"

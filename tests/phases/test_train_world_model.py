@@ -159,6 +159,10 @@ def test_init_from_another_runs_world_model_keeps_its_codec_and_inputs(tmp_path)
     scale and pose inputs it learned, not on this run's config or a scale measured afresh."""
     pretrained = str(tmp_path / "pretrain" / "checkpoints" / "world_model" / "iter_00")
     os.makedirs(os.path.join(pretrained, "500"))  # a committed step
+    config = config_lib.experiment_config(("scoop",), "sim")
+    config.world_model.train.init_from = pretrained
+    with pytest.raises(FileNotFoundError, match="checkpoints/world_model/iter_NN"):
+        prepare(config, str(tmp_path / "run_no_spec"), 1, [], [], [], progress=False)
     source_spec = {
         "vae": {"kind": "pixels", "path": "", "scaling_factor": 2.5},
         "scaling_factor": 2.5,
@@ -167,8 +171,6 @@ def test_init_from_another_runs_world_model_keeps_its_codec_and_inputs(tmp_path)
         "pose_maps": "sim",
     }
     wm.write_spec(pretrained, source_spec)
-    config = config_lib.experiment_config(("scoop",), "sim")
-    config.world_model.train.init_from = pretrained
     config.world_model.pose_normalization = "droid"  # what a fresh start would take
     config.world_model.pose_maps = ""
     workdir = str(tmp_path / "run")
