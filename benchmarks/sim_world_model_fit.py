@@ -104,9 +104,9 @@ def figure(trained, samplers: dict, windows_: dict, seed: int, count: int = 4) -
     def stacked(views):  # (V, H, W, 3) -> (V*H, W, 3), enlarged
         return images.enlarge(np.concatenate(list(views), axis=0), 2 * len(views) * views.shape[1])
 
+    first = predictions[0]  # current frame and truth are the same for every sampler
     rows = []
     for n in range(len(windows_["instructions"])):
-        first = predictions[0]
         row = [stacked(first["current"][n, 0]), stacked(first["truth"][n, -1])]
         row += [stacked(p["predicted"][n, -1]) for p in predictions]
         rows.append(row)

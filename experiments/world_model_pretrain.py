@@ -39,8 +39,8 @@ def get_config(arg=None):
             "(--config.world_model.train.init_from)"
         )
     tiny = preset == "tiny"
-    base = experiment_config(("scoop",), preset)
-    config = experiment_config(tuple(base.study.tasks), preset)  # the study's task families
+    config = experiment_config(("scoop",), preset)
+    config.tasks = tuple(config.study.tasks)  # the study's task families
     config.loop.warmstart_demos_per_task = 2 if tiny else SIM_DEMOS_PER_TASK
     train = config.world_model.train
     train.steps = 4 if tiny else SIM_STEPS

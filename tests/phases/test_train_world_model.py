@@ -161,8 +161,11 @@ def test_init_from_another_runs_world_model_keeps_its_codec_and_inputs(tmp_path)
     os.makedirs(os.path.join(pretrained, "500"))  # a committed step
     config = config_lib.experiment_config(("scoop",), "sim")
     config.world_model.train.init_from = pretrained
+    # Checkpoints without world_model.json: not a world model's directory, named before any work.
     with pytest.raises(FileNotFoundError, match="checkpoints/world_model/iter_NN"):
         prepare(config, str(tmp_path / "run_no_spec"), 1, [], [], [], progress=False)
+    with pytest.raises(FileNotFoundError, match="checkpoints/world_model/iter_NN"):
+        wm.resolve_start_kind("init_from", pretrained)
     source_spec = {
         "vae": {"kind": "pixels", "path": "", "scaling_factor": 2.5},
         "scaling_factor": 2.5,

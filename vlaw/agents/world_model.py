@@ -390,8 +390,14 @@ def resolve_start_kind(start_kind: str, start_path: str) -> str:
     run's world model ("vlaw") or Ctrl-World's released checkpoint ("ctrl_world")."""
     if start_kind != "init_from":
         return start_kind
-    is_vlaw = os.path.isdir(start_path) and checkpoints.latest_step(start_path) is not None
-    return "vlaw" if is_vlaw else "ctrl_world"
+    if not (os.path.isdir(start_path) and checkpoints.latest_step(start_path) is not None):
+        return "ctrl_world"
+    if not is_trained(start_path):  # checkpoints, but not a world model's directory
+        raise FileNotFoundError(
+            f"world_model.train.init_from={start_path!r} holds checkpoints but no {SPEC_FILE}: "
+            "point it at a run's checkpoints/world_model/iter_NN directory"
+        )
+    return "vlaw"
 
 
 def initial_params(

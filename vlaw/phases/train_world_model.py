@@ -67,11 +67,6 @@ def prepare(config, workdir, iteration, dataset_dirs, sources, exclude, *, progr
     # and inputs: its params carry that codec, and its UNet learned that residual scale and
     # pose scaling, so the fine-tune keeps them whatever this run's config or data say.
     fine_tune = init["kind"] in ("previous_iteration", "vlaw")
-    if init["kind"] == "vlaw" and not wm.is_trained(init["path"]):
-        raise FileNotFoundError(
-            f"world_model.train.init_from={init['path']!r} holds checkpoints but no "
-            f"{wm.SPEC_FILE}: point it at a run's checkpoints/world_model/iter_NN directory"
-        )
     if fine_tune:
         previous = wm.read_spec(init["path"])
         wm.check_space(config, previous, init["path"])
