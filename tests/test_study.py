@@ -143,6 +143,8 @@ def test_ablation_reports_from_label_outcomes(tmp_path, monkeypatch):
     online, demos = ablations["world_model_data"]
     # Kept (P(yes) > 0.8) vs replayed: online 0.9 T, 0.85 F -> tp 1, fp 1, fn 1 (0.7 T), tn 2.
     assert (online["tp"], online["fp"], online["fn"], online["tn"]) == (1, 1, 1, 2)
+    # Chance agreement (2*2 + 3*3) / 25 = 0.52; kappa = (0.6 - 0.52) / 0.48.
+    assert online["kappa"] == pytest.approx(1 / 6)
     assert online["psnr_prediction"] == pytest.approx(21.0)
     # Demos only: optimistic, 0.95 T, 0.9 F, 0.9 F, 0.99 F -> tp 1, fp 3, tn 1.
     assert (demos["tp"], demos["fp"], demos["fn"], demos["tn"]) == (1, 3, 0, 1)
@@ -152,6 +154,7 @@ def test_ablation_reports_from_label_outcomes(tmp_path, monkeypatch):
     assert (at_half["tp"], at_half["fp"], at_half["fn"], at_half["tn"]) == (2, 2, 0, 1)
     markdown = pathlib.Path(paths["ablations.md"]).read_text()
     assert "Table 1" in markdown and "Table 3" in markdown and "| 21.00 |" in markdown
+    assert "| recall | kappa |" in markdown and "| 0.17 |" in markdown
 
 
 # --------------------------------------------------------------------------------------------

@@ -176,7 +176,7 @@ def _confusion_section(section: Mapping) -> str:
         f'<p class="note">{_esc(section["description"])}</p>'
         + matrix
         + f"<p>accuracy {_number(c.get('accuracy'))}, precision {_number(c.get('precision'))}, "
-        f"recall {_number(c.get('recall'))}</p>"
+        f"recall {_number(c.get('recall'))}, kappa {_number(c.get('kappa'))} (0: chance)</p>"
         + _table(["clip", "recorded", "imagined", "decided by", "P(yes)"], rows)
         + figures
     )

@@ -121,18 +121,20 @@ def confusion_markdown(
     note: str,
     extra: Sequence[tuple[str, str]] = (),
 ) -> str:
-    """Rows {name, tp, fp, tn, fn, precision, recall, ...} as a markdown table; `extra`:
-    (column header, entry key) of further numeric columns."""
+    """Rows {name, tp, fp, tn, fn, precision, recall, kappa, ...} as a markdown table (kappa:
+    agreement beyond chance, `confusion.confusion`); `extra`: (column header, entry key) of
+    further numeric columns."""
 
     def number(value) -> str:
         return "-" if value is None else f"{value:.2f}"
 
-    headers = ["", "TP", "FN", "TN", "FP", "precision", "recall", *(h for h, _ in extra)]
+    headers = ["", "TP", "FN", "TN", "FP", "precision", "recall", "kappa", *(h for h, _ in extra)]
     lines = [f"## {title}", "", note, "", "| " + " | ".join(headers) + " |"]
     lines.append("|" + " --- |" * len(headers))
     for e in entries:
         cells = [e["name"], *(str(e[k]) for k in ("tp", "fn", "tn", "fp"))]
-        cells += [number(e[k]) for k in ("precision", "recall", *(k for _, k in extra))]
+        keys = ("precision", "recall", "kappa", *(k for _, k in extra))
+        cells += [number(e.get(k)) for k in keys]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
