@@ -92,6 +92,7 @@ def test_scores_average_valid_frames_then_clips():
     # The start equals every recorded frame: +inf per frame, counted as the cap.
     np.testing.assert_array_equal(scores["psnr_copy_start"], replay.PSNR_CAP_DB)
     assert scores["ssim"] is not None and np.all(scores["ssim"] < 1.0)
+    np.testing.assert_allclose(scores["ssim_copy_start"], 1.0, atol=1e-6)  # start == recording
     assert scores["lpips"] is None  # no weights given
     same = replay.clip_scores(recorded, recorded, valid, start)
     np.testing.assert_allclose(same["ssim"], 1.0, atol=1e-6)
@@ -100,7 +101,7 @@ def test_scores_average_valid_frames_then_clips():
     np.testing.assert_allclose(summary["psnr"], expected, rtol=1e-5)
     crop = (..., slice(0, 8), slice(0, 8), slice(None))
     small = replay.clip_scores(predicted[crop], recorded[crop], valid, start[crop])
-    assert small["ssim"] is None  # 8x8 frames are smaller than SSIM's window
+    assert small["ssim"] is None and small["ssim_copy_start"] is None  # 8x8 < SSIM's window
     with pytest.raises(ValueError, match="at least one"):
         replay.clip_scores(predicted, recorded, np.zeros_like(valid), start)
 

@@ -113,3 +113,27 @@ def test_chromium_renders_the_evaluate_report(evaluated, render_html):
     assert len(widths) == 6, widths
     assert all(width > 0 for _, width in widths), widths
     assert screenshot.std() > 5, "blank screenshot"
+
+
+def test_replay_benchmark_scores_models_alike_on_the_same_clips(evaluated):
+    """benchmarks/world_model_replay.py: every model on the same clips with the same noise, so
+    one model entered twice scores the same; both checks report against their baselines."""
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    import world_model_replay
+
+    config = experiment_config(("scoop",), "tiny")
+    config.reward.progress = False
+    config.evaluate.report_clips = 0
+    directory = workdir_lib.checkpoint_dir(evaluated, "world_model", 1)
+    rows = world_model_replay.score_models(
+        config,
+        {"a": directory, "b": directory},
+        workdir_lib.evaluation_dir(evaluated, 1),
+        os.path.join(evaluated, "pretrained_reward"),
+        seed=0,
+    )
+    assert [r["name"] for r in rows] == ["a", "b"]
+    first, second = rows
+    assert first["replay"]["num_clips"] == 2 and np.isfinite(first["replay"]["psnr_copy_start"])
+    assert first["replay"] == second["replay"] and first["confusion"] == second["confusion"]
+    assert sum(first["confusion"][k] for k in ("tp", "fn", "tn", "fp")) == 2

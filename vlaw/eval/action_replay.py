@@ -210,9 +210,10 @@ def clip_scores(
 
     predicted, recorded: (N, K, H, W, 3) uint8 of one size; valid: (N, K) bool (at least one
     per clip); start_frames: (N, H, W, 3), the conditioning frames, for the copy baseline (the
-    PSNR of "nothing moves", which a world model must beat). Returns (N,) float64 arrays:
-    psnr and psnr_copy_start (frames capped at PSNR_CAP_DB), ssim (None where frames are
-    smaller than SSIM's 11x11 window), lpips (None without `lpips_params`)."""
+    PSNR and SSIM of "nothing moves", which a world model must beat). Returns (N,) float64
+    arrays: psnr and psnr_copy_start (frames capped at PSNR_CAP_DB), ssim and ssim_copy_start
+    (None where frames are smaller than SSIM's 11x11 window), lpips (None without
+    `lpips_params`)."""
     valid = np.asarray(valid, bool)
     if not valid.any(axis=1).all():
         raise ValueError("every clip needs at least one recorded frame to score")
@@ -229,10 +230,12 @@ def clip_scores(
         "psnr": mean_over_valid(capped_psnr(recorded, predicted)),
         "psnr_copy_start": mean_over_valid(capped_psnr(recorded, copied)),
         "ssim": None,
+        "ssim_copy_start": None,
         "lpips": None,
     }
     if min(np.shape(recorded)[-3:-1]) >= video_metrics.SSIM_WINDOW:
         scores["ssim"] = mean_over_valid(video_metrics.ssim(recorded, predicted, 255.0))
+        scores["ssim_copy_start"] = mean_over_valid(video_metrics.ssim(recorded, copied, 255.0))
     if lpips_params is not None:
         scores["lpips"] = mean_over_valid(
             video_metrics.lpips(lpips_params, recorded, predicted, 255.0)
@@ -243,7 +246,7 @@ def clip_scores(
 def summarize_scores(per_clip: Sequence[Mapping[str, np.ndarray | None]]) -> dict:
     """Means over all clips of `clip_scores`' batches; a metric missing from any batch is None."""
     summary: dict = {"num_clips": int(sum(len(s["psnr"]) for s in per_clip))}
-    for key in ("psnr", "psnr_copy_start", "ssim", "lpips"):
+    for key in ("psnr", "psnr_copy_start", "ssim", "ssim_copy_start", "lpips"):
         parts = [s[key] for s in per_clip]
         missing = not parts or any(p is None for p in parts)
         summary[key] = None if missing else float(np.mean(np.concatenate(parts)))

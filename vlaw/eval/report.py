@@ -114,6 +114,7 @@ def _replay_section(replay: Mapping) -> str:
             _number(s.get("psnr"), 2),
             _number(s.get("psnr_copy_start"), 2),
             _number(s.get("ssim")),
+            _number(s.get("ssim_copy_start")),
             _number(s.get("lpips")),
         ]
     ]
@@ -135,7 +136,9 @@ def _replay_section(replay: Mapping) -> str:
         "conditioning frame excluded, at the world model's resolution "
         f"{_esc(replay['frame_size'])}. PSNR (copy start): the start frame held still, the "
         "baseline a world model must beat.</p>"
-        + _table(["clips", "PSNR (dB)", "PSNR copy start (dB)", "SSIM", "LPIPS"], rows)
+        + _table(
+            ["clips", "PSNR (dB)", "PSNR copy start (dB)", "SSIM", "SSIM copy start", "LPIPS"], rows
+        )
         + (f"<ul class='note'>{notes}</ul>" if notes else "")
         + figures
     )
