@@ -26,10 +26,10 @@ from vlaw.config import experiment_config
 
 # Demonstrations per task of the corpus (~105 steps each), against the loop's 25.
 SIM_DEMOS_PER_TASK = 150
-# Optimizer steps of 4 clips: 12x a loop iteration's 500, about 3 h on 2 CPU cores. The error
+# Optimizer steps of 4 clips: 10x a loop iteration's 500, about 2.5 h on 2 CPU cores. The error
 # where the scene moves fell fastest while the cosine schedule decayed (RESULTS.md), so the
 # schedule ends within one sitting rather than spreading 20 000 steps over several.
-SIM_STEPS = 6_000
+SIM_STEPS = 5_000
 
 
 def get_config(arg=None):
