@@ -35,12 +35,12 @@ from vlaw.phases import evaluate_report
 def score_models(config, world_models: dict, episodes: str, reward_dir: str, seed: int) -> list:
     """One row per world model: the replay summary and the confusion counts."""
     scorer = reward_agent.load_reward_scorer(config, reward_dir) if reward_dir else None
+    # The same keys for every model: the comparison sees the models, not the noise.
+    replay_rng, confusion_rng = jax.random.split(jax.random.PRNGKey(seed))
     rows = []
     with tempfile.TemporaryDirectory() as figures_dir:
         for name, directory in world_models.items():
             world = wm.load_world_model(config, directory)
-            # The same keys for every model: the comparison sees the models, not the noise.
-            replay_rng, confusion_rng = jax.random.split(jax.random.PRNGKey(seed))
             start = time.time()
             replay = evaluate_report.action_replay_check(
                 config, world, episodes, figures_dir, replay_rng

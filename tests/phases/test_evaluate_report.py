@@ -125,15 +125,22 @@ def test_replay_benchmark_scores_models_alike_on_the_same_clips(evaluated):
     config.reward.progress = False
     config.evaluate.report_clips = 0
     directory = workdir_lib.checkpoint_dir(evaluated, "world_model", 1)
+    # Another model (other random weights): it must score otherwise on the same clips.
+    other = os.path.join(evaluated, "other_world_model")
+    spec = wm.read_spec(directory)
+    params = _random_params(wm.abstract_params(config, spec), 7)
+    wm.save_world_model(other, params, spec=spec, step=1, ckpt_config=config.ckpt)
     rows = world_model_replay.score_models(
         config,
-        {"a": directory, "b": directory},
+        {"a": directory, "b": directory, "other": other},
         workdir_lib.evaluation_dir(evaluated, 1),
         os.path.join(evaluated, "pretrained_reward"),
         seed=0,
     )
-    assert [r["name"] for r in rows] == ["a", "b"]
-    first, second = rows
+    assert [r["name"] for r in rows] == ["a", "b", "other"]
+    first, second, third = rows
     assert first["replay"]["num_clips"] == 2 and np.isfinite(first["replay"]["psnr_copy_start"])
     assert first["replay"] == second["replay"] and first["confusion"] == second["confusion"]
+    assert third["replay"]["psnr"] != first["replay"]["psnr"]
+    assert third["replay"]["psnr_copy_start"] == first["replay"]["psnr_copy_start"]
     assert sum(first["confusion"][k] for k in ("tp", "fn", "tn", "fp")) == 2
