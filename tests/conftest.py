@@ -35,6 +35,34 @@ def record_real_rollouts():
     return record
 
 
+@pytest.fixture(scope="session")
+def write_random_world_model():
+    """`write(config, workdir, iteration, seed=2)`: a world model of N(0, 0.05^2) weights, in
+    pixel space unless `config.world_model.space` says latent, saved where train_world_model
+    would put it (training one costs minutes of compilation; the phases that read it are
+    tested for what they do with a world model, not for its quality). Returns its directory."""
+
+    def write(config, workdir: str, iteration: int, seed: int = 2) -> str:
+        import jax
+        import numpy as np
+
+        from vlaw import workdir as workdir_lib
+        from vlaw.agents import world_model as wm
+
+        spec = {"scaling_factor": 1.0, "residual_scale": 2.0}
+        spec["vae"] = {"kind": "pixels" if config.world_model.space == "pixel" else "trained"}
+        rng = np.random.default_rng(seed)
+        params = jax.tree.map(
+            lambda a: (0.05 * rng.standard_normal(a.shape)).astype(a.dtype),
+            wm.abstract_params(config, spec),
+        )
+        directory = workdir_lib.checkpoint_dir(str(workdir), "world_model", iteration)
+        wm.save_world_model(directory, params, spec=spec, step=1, ckpt_config=config.ckpt)
+        return directory
+
+    return write
+
+
 # --------------------------------------------------------------------------------------------
 # HTML reports: every relative link resolves, and a real headless Chromium renders the images.
 

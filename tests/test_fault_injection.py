@@ -21,6 +21,8 @@ import jax
 import numpy as np
 import pytest
 
+from vlaw.config import experiment_config
+
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 # A phase of the tiny scoop run, in a fresh interpreter (as a preempted job would be).
 _RUN = """
@@ -101,33 +103,15 @@ KILLS = [pytest.param(2, id="2-kills"), pytest.param(10, id="10-kills", marks=py
 
 
 @pytest.fixture(scope="module")
-def reference(tmp_path_factory):
+def reference(tmp_path_factory, write_random_world_model):
     """The uninterrupted runs: collect (0), train_policy (0), then imagine (1) from a random
     world model (the phase's own test builds one the same way), each timed."""
     workdir = tmp_path_factory.mktemp("reference")
     durations = {"collect": _finish(workdir, "collect", 0)}
     durations["train_policy"] = _finish(workdir, "train_policy", 0)
-    _write_world_model(workdir, 1)
+    write_random_world_model(experiment_config(("scoop",), "tiny"), workdir, 1)
     durations["imagine"] = _finish(workdir, "imagine", 1)
     return workdir, durations
-
-
-def _write_world_model(workdir, iteration: int) -> None:
-    """A world model of random tiny weights where train_world_model would put it (training
-    one costs minutes; imagine's fault tolerance does not depend on its quality)."""
-    from vlaw import workdir as workdir_lib
-    from vlaw.agents import world_model as wm
-    from vlaw.config import experiment_config
-
-    config = experiment_config(("scoop",), "tiny")
-    spec = {"scaling_factor": 1.0, "residual_scale": 2.0, "vae": {"kind": "pixels"}}
-    rng = np.random.default_rng(2)
-    params = jax.tree.map(
-        lambda a: (0.05 * rng.standard_normal(a.shape)).astype(a.dtype),
-        wm.abstract_params(config, spec),
-    )
-    directory = workdir_lib.checkpoint_dir(str(workdir), "world_model", iteration)
-    wm.save_world_model(directory, params, spec=spec, step=1, ckpt_config=config.ckpt)
 
 
 @pytest.mark.parametrize("count", KILLS)

@@ -273,12 +273,18 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     r.max_instruction_tokens = 64  # prompt room for the instruction (fixes jitted lengths)
     r.train_on_demos = not paper  # also fine-tune on <workdir>/demos (paper: D_real only)
     r.evaluate_after_training = True  # score the training set after train_reward (accuracy)
+    # Also train on the training episodes replayed whole in the iteration's world model, with
+    # their recorded labels (vlaw/rollout/recorded_replay.py): imagined frames with a known
+    # outcome. Off at paper (Appendix C trains on D_real alone).
+    r.train_on_world_model_replays = False
     r.label_batch_size = 2 if tiny else (16 if sim else 32)  # episodes per scoring batch
     # Datasets `label` scores, relative to the workdir, "{iteration}" formatted in.
     r.label_dataset_dirs = ("iter_{iteration:02d}/synthetic",)
     # Sources whose stored `success` is ground truth for the confusion matrices; "synthetic"
     # where imagine stores the simulator's replayed outcome (sim presets).
-    r.known_label_sources = ("real", "demo", "droid") + (("synthetic",) if s.enabled else ())
+    r.known_label_sources = ("real", "demo", "droid", "replay") + (
+        ("synthetic",) if s.enabled else ()
+    )
     r.progress = True  # progress bars while training and scoring
 
     # --- DSRL baseline, method "dsrl" (vlaw/baselines/dsrl.py) -------------------------------

@@ -8,6 +8,7 @@ datasets each phase reads, where each model starts, the phases' seeds, and atomi
       iter_NN/real/                    `collect`'s rollouts of iteration NN >= 1 (RLDS)
       iter_NN/synthetic/               `imagine`'s rollouts, scored in place by `label`
       iter_NN/evaluate/                `evaluate`'s rollouts of iteration NN's policy
+      iter_NN/reward_replays/          `train_reward`'s world-model replays of its episodes
       checkpoints/policy/iter_NN/      `train_policy` (orbax steps + policy.json, ...)
       checkpoints/world_model/iter_NN/ `train_world_model` (+ world_model.json, ...)
       checkpoints/vae/                 the tiny/sim VAE (latent space only), trained once
@@ -49,6 +50,7 @@ from vlaw.data.atomic_json import JsonFileError, read_json, write_json  # noqa: 
 from vlaw.rollout.station import TaskSpec
 
 DEMOS, REAL, SYNTHETIC, EVALUATE = "demos", "real", "synthetic", "evaluate"
+REWARD_REPLAYS = "reward_replays"
 MODELS = ("policy", "world_model", "reward", "vae", "dsrl")
 
 
@@ -70,6 +72,11 @@ def real_dir(workdir: str, iteration: int) -> str:
 
 def synthetic_dir(workdir: str, iteration: int) -> str:
     return os.path.join(iteration_dir(workdir, iteration), SYNTHETIC)
+
+
+def reward_replays_dir(workdir: str, iteration: int) -> str:
+    """`train_reward`'s replays of its training episodes in iteration NN's world model."""
+    return os.path.join(iteration_dir(workdir, iteration), REWARD_REPLAYS)
 
 
 def evaluation_dir(workdir: str, iteration: int) -> str:
@@ -300,6 +307,7 @@ _SEED_STREAMS = {
     "evaluate_world_model": (7, 1),
     "train_dsrl": (8, 1),  # method "dsrl": SAC initialisation, updates and replay sampling
     "dsrl_explore": (8, 2),  # method "dsrl": the noise its rollouts explore with
+    "reward_replays": (9,),  # train_reward's world-model replays of its training episodes
 }
 # Layout seeds of station episodes, one stream per purpose (`episode_seed`).
 EPISODE_STREAMS = {"demo": 1, "real": 2, "evaluate": 3}

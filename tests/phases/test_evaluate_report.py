@@ -42,22 +42,15 @@ def _write_policy(config, workdir: str, iteration: int) -> None:
     policy_lib.save_policy(directory, params, spec=spec, step=1, ckpt_config=config.ckpt)
 
 
-def _write_world_model(config, workdir: str, iteration: int) -> None:
-    spec = {"scaling_factor": 1.0, "residual_scale": 2.0, "vae": {"kind": "pixels"}}
-    params = _random_params(wm.abstract_params(config, spec), 2)
-    directory = workdir_lib.checkpoint_dir(workdir, "world_model", iteration)
-    wm.save_world_model(directory, params, spec=spec, step=1, ckpt_config=config.ckpt)
-
-
 @pytest.fixture(scope="module")
-def evaluated(tmp_path_factory):
+def evaluated(tmp_path_factory, write_random_world_model):
     workdir = str(tmp_path_factory.mktemp("evaluate_report"))
     config = experiment_config(("scoop",), "tiny")
     config.reward.progress = False
     pipeline.run_phase("collect", config, workdir, iteration=0)
     for iteration in (0, 1):
         _write_policy(config, workdir, iteration)
-    _write_world_model(config, workdir, 1)
+    write_random_world_model(config, workdir, 1)
     # A reward model of random tiny weights, imported as `init_from` (zero-shot decisions).
     reward_dir = os.path.join(workdir, "pretrained_reward")
     params = nn.unbox(

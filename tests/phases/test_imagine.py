@@ -65,16 +65,8 @@ def _write_policy(config, workdir: str, iteration: int) -> str:
     return directory
 
 
-def _write_world_model(config, workdir: str, iteration: int) -> None:
-    spec = {"scaling_factor": 1.0, "residual_scale": 2.0}
-    spec["vae"] = {"kind": "pixels" if config.world_model.space == "pixel" else "trained"}
-    params = _random_params(wm.abstract_params(config, spec), 2)
-    directory = workdir_lib.checkpoint_dir(workdir, "world_model", iteration)
-    wm.save_world_model(directory, params, spec=spec, step=1, ckpt_config=config.ckpt)
-
-
 @pytest.fixture(scope="module")
-def prepared(tmp_path_factory, record_real_rollouts):
+def prepared(tmp_path_factory, record_real_rollouts, write_random_world_model):
     """collect at iteration 0 (+ rollouts in iter_00/real), a policy of iteration 0 and a
     world model of iteration 1."""
     workdir = str(tmp_path_factory.mktemp("imagine"))
@@ -82,7 +74,7 @@ def prepared(tmp_path_factory, record_real_rollouts):
     pipeline.run_phase("collect", config, workdir, iteration=0)
     record_real_rollouts(config, workdir, 0)
     _write_policy(config, workdir, 0)
-    _write_world_model(config, workdir, 1)
+    write_random_world_model(config, workdir, 1)
     return config, workdir
 
 

@@ -430,6 +430,11 @@ def test_resume_after_a_kill_logs_each_step_once(tmp_path):
     assert _without_timings(read_metrics(killed)) == _without_timings(
         read_metrics(tmp_path / "straight")
     )
+    # A kill before the first checkpoint committed: the rerun starts over, so again each once.
+    for step in ("2", "4"):
+        shutil.rmtree(killed / step)
+    run(killed)
+    assert [m["step"] for m in read_metrics(killed)] == [1, 2, 3, 4]
 
 
 def test_moments_under_a_mask_take_their_parameter_sharding(tmp_path):

@@ -110,7 +110,9 @@ VLAW_EPISODE_FIELDS = (
 )
 
 # "evaluate": a policy's held-out evaluation rollouts, recorded but never trained on.
-SOURCES = ("real", "synthetic", "demo", "droid", "evaluate")
+# "replay": a recorded episode's actions replayed in the world model, with the recording's label
+# (`vlaw.rollout.recorded_replay`).
+SOURCES = ("real", "synthetic", "demo", "droid", "evaluate", "replay")
 
 
 def success_from_file_path(file_path: str) -> bool:

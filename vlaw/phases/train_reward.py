@@ -11,6 +11,10 @@ next-token prediction of a one-token answer ("yes" for a success, "no" otherwise
   the warm-start demonstrations (`vlaw.workdir.reward_training_dirs`). Demos are on by default
   for tiny/sim, where they add labelled episodes to a handful of rollouts, and off for paper,
   whose D_real is the policy's rollouts only;
+- replays, when `reward.train_on_world_model_replays`: those episodes replayed whole in this
+  iteration's world model with their recorded labels (`vlaw.rollout.recorded_replay`), written
+  once to `iter_NN/reward_replays` (a rerun reuses them) and trained on beside them, so the
+  model also learns how imagined episodes look; the summary gives its accuracy on them apart;
 - weights: from scratch at tiny/sim, or `reward.train.init_from`: a Hugging Face
   Qwen3-VL-4B-Instruct directory (config.json + safetensors, via `vlaw.convert.qwen3_vl`) or
   another vlaw run's checkpoint directory;
@@ -28,17 +32,22 @@ reward model at or before its iteration. The model as configured, its inputs and
 `vlaw.agents.reward`.
 """
 
+import os
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 from absl import logging
+from tqdm import tqdm
 
 from vlaw import workdir as workdir_lib
 from vlaw.agents import reward as reward_agent
-from vlaw.data import reward_windows, rlds_read, windows
+from vlaw.agents import world_model as world_model_agent
+from vlaw.data import reward_windows, rlds_read, rlds_write, windows
 from vlaw.eval.confusion import confusion_report
+from vlaw.rollout import recorded_replay
+from vlaw.rollout.imagine import steps_per_interaction
 from vlaw.train import trainer
 
 
@@ -67,6 +76,8 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
     dirs = workdir_lib.reward_training_dirs(
         workdir, iteration, include_demos=bool(r.train_on_demos)
     )
+    if r.train_on_world_model_replays:
+        dirs = dirs + [write_world_model_replays(config, workdir, iteration, dirs)]
     image_hw = rlds_read.open_dataset(dirs[0]).image_shape[:2]
     model_cfg = reward_agent.model_config(config)
     tokenizer = reward_agent.reward_tokenizer(config)
@@ -132,4 +143,58 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
         summary["train_accuracy_alpha"] = report["alpha"]["accuracy"]
         summary["train_accuracy_argmax"] = report["argmax"]["accuracy"]
         summary["train_confusion"] = report
+        if r.train_on_world_model_replays:
+            replays = confusion_report(scores, r.alpha, known_sources=(recorded_replay.SOURCE,))
+            summary["train_confusion_replays"] = replays
     return summary
+
+
+def write_world_model_replays(config, workdir: str, iteration: int, dirs: list[str]) -> str:
+    """`dirs`' episodes replayed in iteration `iteration`'s world model, written once as the
+    RLDS dataset `iter_NN/reward_replays` (kept when it exists: the rerun of a phase killed
+    while training). Returns its directory."""
+    out = workdir_lib.reward_replays_dir(workdir, iteration)
+    if os.path.exists(out):
+        logging.info("train_reward: %s exists, keeping it", out)
+        return out
+    world_dir = workdir_lib.checkpoint_dir(workdir, "world_model", iteration)
+    if not world_model_agent.is_trained(world_dir):
+        raise FileNotFoundError(
+            f"reward.train_on_world_model_replays: no world model in {world_dir}; run "
+            f"train_world_model for iteration {iteration} first, or turn the option off"
+        )
+    world = world_model_agent.load_world_model(config, world_dir)
+    lengths = [
+        raw["num_steps"]
+        for d in dirs
+        for raw in rlds_read.iter_raw_episodes(
+            rlds_read.open_dataset(d), skip_corrupt=bool(config.data.skip_corrupt)
+        )
+    ]
+    size = int(config.loop.imagine_batch_size)
+    interactions = -(-max(lengths) // steps_per_interaction(config))
+    seed = workdir_lib.phase_seed(config.seed, "reward_replays", iteration)
+    with tqdm(
+        total=-(-len(lengths) // size) * interactions,
+        desc="replay for reward",
+        unit="interaction",
+        disable=not config.reward.progress,
+    ) as bar:
+        replays = recorded_replay.world_model_replays(
+            world,
+            rlds_read.read_episodes(dirs, skip_corrupt=bool(config.data.skip_corrupt)),
+            config=config,
+            iteration=iteration,
+            longest=max(lengths),
+            rng=jax.random.PRNGKey(seed),
+            batch_size=size,
+            bar=bar,
+        )
+        written = rlds_write.write_episodes(
+            out,
+            replays,
+            name="vlaw_reward_replays",
+            episodes_per_shard=int(config.data.episodes_per_shard),
+        )
+    logging.info("train_reward: wrote %d world-model replays to %s", written["num_episodes"], out)
+    return out

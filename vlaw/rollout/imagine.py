@@ -106,8 +106,24 @@ def imagine_chunk(model, vae, params, memory, poses, text_embeds, rng, *, policy
 
 
 def _episode(rollout: Rollout, frames, joints, poses, stride: int, checkpoint: str) -> Episode:
-    """One rollout's 15 Hz `Episode` from its world-model frames (1 + K, V, H, W, 3) and the
-    joints (T + 1, 7) and poses (T + 1, 7) (gripper last) of its T + 1 states."""
+    """One rollout's 15 Hz `Episode` (see `imagined_episode`)."""
+    metadata = EpisodeMetadata(
+        success=False,  # the simulator's replay decides, where there is one
+        source="synthetic",
+        task=rollout.start.task,
+        iteration=rollout.iteration,
+        policy_checkpoint=checkpoint,
+        episode_id=rollout.episode_id,
+    )
+    return imagined_episode(rollout.start.instruction, metadata, frames, joints, poses, stride)
+
+
+def imagined_episode(
+    instruction: str, metadata: EpisodeMetadata, frames, joints, poses, stride: int
+) -> Episode:
+    """A 15 Hz `Episode` from world-model frames (1 + K, V, H, W, 3) and the joints (T + 1, 7)
+    and poses (T + 1, 7) (gripper last) of its T + 1 states; T may stop short of the frames'
+    K * stride steps (a replay cut to its recording's length)."""
     num_steps = len(joints) - 1
     step_frames = frames[np.arange(num_steps) // stride]  # zero-order hold
     observation = {
@@ -130,16 +146,8 @@ def _episode(rollout: Rollout, frames, joints, poses, stride: int, checkpoint: s
         "action_dict/joint_position": joints[1:],
         "action_dict/joint_velocity": np.diff(joints, axis=0) / kinematics.RAD_PER_UNIT_VELOCITY,
     }
-    metadata = EpisodeMetadata(
-        success=False,  # the simulator's replay decides, where there is one
-        source="synthetic",
-        task=rollout.start.task,
-        iteration=rollout.iteration,
-        policy_checkpoint=checkpoint,
-        episode_id=rollout.episode_id,
-    )
-    episode = Episode(rollout.start.instruction, observation, action_dict, metadata)
-    episode.validate(where=rollout.episode_id)
+    episode = Episode(instruction, observation, action_dict, metadata)
+    episode.validate(where=metadata.episode_id)
     return episode
 
 

@@ -453,6 +453,8 @@ def train(
         logging.info("resumed from %s at step %d", workdir, start)
     else:
         start = 0
+        # A run killed before its first checkpoint committed logged steps it trains again.
+        _drop_metrics_after(workdir, start)
         placed = None
         if initial_params is not None:
             target_params = jax.tree.map(
