@@ -275,7 +275,9 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     r.evaluate_after_training = True  # score the training set after train_reward (accuracy)
     # Also train on the training episodes replayed whole in the iteration's world model, with
     # their recorded labels (vlaw/rollout/recorded_replay.py): imagined frames with a known
-    # outcome. Off at paper (Appendix C trains on D_real alone).
+    # outcome. Off at paper (Appendix C trains on D_real alone), and at sim, where it raised the
+    # agreement on replays of unseen episodes but cut the precision on the policy's imagined
+    # ones (benchmarks/RESULTS.md, "Fine-tuning from the pre-trained world model").
     r.train_on_world_model_replays = False
     r.label_batch_size = 2 if tiny else (16 if sim else 32)  # episodes per scoring batch
     # Datasets `label` scores, relative to the workdir, "{iteration}" formatted in.
