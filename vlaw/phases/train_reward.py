@@ -41,6 +41,7 @@ import numpy as np
 from absl import logging
 from tqdm import tqdm
 
+from vlaw import multihost
 from vlaw import workdir as workdir_lib
 from vlaw.agents import reward as reward_agent
 from vlaw.agents import world_model as world_model_agent
@@ -152,9 +153,14 @@ def train_reward_phase(config: ml_collections.ConfigDict, workdir: str, iteratio
 def write_world_model_replays(config, workdir: str, iteration: int, dirs: list[str]) -> str:
     """`dirs`' episodes replayed in iteration `iteration`'s world model, written once as the
     RLDS dataset `iter_NN/reward_replays` (kept when it exists: the rerun of a phase killed
-    while training). Returns its directory."""
+    while training). In a multi-host job the chief replays (on its own devices) and writes;
+    the others wait for the dataset. Returns its directory."""
     out = workdir_lib.reward_replays_dir(workdir, iteration)
-    if os.path.exists(out):
+    barrier = f"vlaw_reward_replays_iter_{iteration:02d}"
+    exists = os.path.exists(out)
+    # Every process has looked before the chief writes: one decision everywhere.
+    multihost.barrier(f"{barrier}_looked")
+    if exists:
         logging.info("train_reward: %s exists, keeping it", out)
         return out
     world_dir = workdir_lib.checkpoint_dir(workdir, "world_model", iteration)
@@ -163,7 +169,15 @@ def write_world_model_replays(config, workdir: str, iteration: int, dirs: list[s
             f"reward.train_on_world_model_replays: no world model in {world_dir}; run "
             f"train_world_model for iteration {iteration} first, or turn the option off"
         )
+    # Loaded by every process, as `imagine` does: a checkpoint's restore may be a collective.
     world = world_model_agent.load_world_model(config, world_dir)
+    if multihost.is_chief():
+        _replay_and_write(config, world, iteration, dirs, out)
+    multihost.barrier(f"{barrier}_written")
+    return out
+
+
+def _replay_and_write(config, world, iteration: int, dirs: list[str], out: str) -> None:
     lengths = [
         raw["num_steps"]
         for d in dirs
@@ -197,4 +211,3 @@ def write_world_model_replays(config, workdir: str, iteration: int, dirs: list[s
             episodes_per_shard=int(config.data.episodes_per_shard),
         )
     logging.info("train_reward: wrote %d world-model replays to %s", written["num_episodes"], out)
-    return out
