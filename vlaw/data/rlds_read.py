@@ -505,6 +505,17 @@ def summarize(
     return {**totals, "num_skipped": report.num_skipped}
 
 
+def episode_lengths(
+    dataset_dir_or_dirs: str | Sequence[str], *, skip_corrupt: bool = False
+) -> list[int]:
+    """Steps of every episode, in read order (records parsed, no image decoded)."""
+    return [
+        int(raw["num_steps"])
+        for dataset_dir in _as_dirs(dataset_dir_or_dirs)
+        for raw in iter_raw_episodes(open_dataset(dataset_dir), skip_corrupt=skip_corrupt)
+    ]
+
+
 def count_episodes(dataset_dir_or_dirs: str | Sequence[str]) -> int:
     """Episodes listed in dataset_info.json (no record is read)."""
     return sum(open_dataset(d).num_episodes for d in _as_dirs(dataset_dir_or_dirs))

@@ -40,7 +40,7 @@ from vlaw.data.episode import Episode
 from vlaw.eval import video_metrics
 from vlaw.eval.confusion import confusion
 from vlaw.eval.prediction import resize_frames
-from vlaw.rollout.imagine import imagine_frames, steps_per_interaction
+from vlaw.rollout.imagine import ImaginedArrays, imagine_frames, steps_per_interaction
 from vlaw.rollout.imagine_plan import StartState
 
 # A frame identical to the recording has PSNR +inf (scikit-image's convention); it counts as
@@ -161,6 +161,26 @@ class RecordedActions:
         return chunk
 
 
+def replay_batch(
+    world, clips: Sequence[ReplayClip], *, config, rng: jax.Array, batch_size: int, bar=None
+) -> ImaginedArrays:
+    """Up to `batch_size` clips of one length replayed from their start frames in one call of
+    `imagine_frames`; rows past `len(clips)` repeat the first clip (one compiled shape) and
+    are the caller's to drop."""
+    steps = steps_per_interaction(config)
+    padded = list(clips) + [clips[0]] * (batch_size - len(clips))
+    actions = np.stack([c.actions for c in padded])
+    return imagine_frames(
+        world,
+        RecordedActions(actions, steps),
+        [c.start for c in padded],
+        config=config,
+        rng=rng,
+        interactions=actions.shape[1] // steps,
+        bar=bar,
+    )
+
+
 def replay_in_world_model(
     world, clips: Iterable[ReplayClip], *, config, rng: jax.Array, batch_size: int
 ) -> Iterator[tuple[list[ReplayClip], np.ndarray]]:
@@ -168,21 +188,12 @@ def replay_in_world_model(
     compiled shape); yields (the batch's clips, their predicted frames (b, K, V, h, w, 3) uint8
     at the world model's size, the conditioning frame excluded). Noise: `rng` folded with the
     batch's index."""
-    steps = steps_per_interaction(config)
     batch: list[ReplayClip] = []
     index = 0
 
     def run(part: list[ReplayClip]) -> np.ndarray:
-        padded = part + [part[0]] * (batch_size - len(part))
-        actions = np.stack([c.actions for c in padded])
-        imagined = imagine_frames(
-            world,
-            RecordedActions(actions, steps),
-            [c.start for c in padded],
-            config=config,
-            rng=jax.random.fold_in(rng, index),
-            interactions=actions.shape[1] // steps,
-        )
+        key = jax.random.fold_in(rng, index)
+        imagined = replay_batch(world, part, config=config, rng=key, batch_size=batch_size)
         return imagined.frames[: len(part), 1:]
 
     for clip in clips:

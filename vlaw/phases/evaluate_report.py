@@ -74,10 +74,7 @@ def _lpips_params(config, frame_size) -> tuple[dict | None, str | None]:
 
 
 def _episode_count_and_longest(dataset_dir: str) -> tuple[int, int]:
-    steps = [
-        int(raw["num_steps"])
-        for raw in rlds_read.iter_raw_episodes(rlds_read.open_dataset(dataset_dir))
-    ]
+    steps = rlds_read.episode_lengths(dataset_dir)
     return len(steps), max(steps, default=0)
 
 

@@ -178,13 +178,7 @@ def write_world_model_replays(config, workdir: str, iteration: int, dirs: list[s
 
 
 def _replay_and_write(config, world, iteration: int, dirs: list[str], out: str) -> None:
-    lengths = [
-        raw["num_steps"]
-        for d in dirs
-        for raw in rlds_read.iter_raw_episodes(
-            rlds_read.open_dataset(d), skip_corrupt=bool(config.data.skip_corrupt)
-        )
-    ]
+    lengths = rlds_read.episode_lengths(dirs, skip_corrupt=bool(config.data.skip_corrupt))
     size = int(config.loop.imagine_batch_size)
     interactions = -(-max(lengths) // steps_per_interaction(config))
     seed = workdir_lib.phase_seed(config.seed, "reward_replays", iteration)

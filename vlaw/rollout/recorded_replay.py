@@ -20,11 +20,10 @@ rng folded with the batch's index, so a batch replays the same frames whenever i
 from collections.abc import Iterable, Iterator
 
 import jax
-import numpy as np
 
 from vlaw.data.episode import Episode, EpisodeMetadata
-from vlaw.eval.action_replay import RecordedActions, clip_from_episode
-from vlaw.rollout.imagine import imagine_frames, imagined_episode, steps_per_interaction
+from vlaw.eval.action_replay import clip_from_episode, replay_batch
+from vlaw.rollout.imagine import imagined_episode, steps_per_interaction
 
 SOURCE = "replay"
 
@@ -65,15 +64,12 @@ def world_model_replays(
         if too_long:
             raise ValueError(f"episodes {too_long} are longer than longest={longest} steps")
         clips = [clip_from_episode(e, 0, num_steps, stride, e.metadata.episode_id) for e in batch]
-        clips += [clips[0]] * (batch_size - len(clips))  # one compiled shape
-        actions = np.stack([c.actions for c in clips])
-        imagined = imagine_frames(
+        imagined = replay_batch(
             world,
-            RecordedActions(actions, steps),
-            [c.start for c in clips],
+            clips,
             config=config,
             rng=jax.random.fold_in(rng, index),
-            interactions=num_steps // steps,
+            batch_size=batch_size,
             bar=bar,
         )
         for b, episode in enumerate(batch):
