@@ -83,6 +83,9 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     s.stations_per_worker = 1 if tiny else 4  # stations stepped (and rendered) as one batch
     s.max_steps = 30 if tiny else 150  # control steps per episode at 15 Hz
     s.expert_noise = 0.3  # scripted experts' action noise (0: near-perfect demonstrations)
+    # Record the expert's correction, not the noisy action it executed (DART; vlaw/sim/expert.py):
+    # demos that show the way back to the expert's path from where noise took the arm.
+    s.expert_corrections = False
     # Share of each task's layout variety that resets draw (vlaw/sim/tasks/base.py): 1 the full
     # ranges, s < 1 the centred fraction s of each object's (0: one nominal layout).
     # sim: 0.3 (objects within a few cm of their places): trained on 25 demos, the base policy

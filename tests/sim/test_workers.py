@@ -12,6 +12,7 @@ import pytest
 from vlaw.data import droid
 from vlaw.rollout.episodes import SuccessTally, policy_episodes
 from vlaw.rollout.station import Observation, TaskSpec
+from vlaw.sim import station as sim_station
 from vlaw.sim.workers import StationPool, WorkerError
 
 
@@ -42,6 +43,40 @@ def test_expert_episodes_are_valid_and_labelled(pool):
         assert episode.policy_actions().shape == (episode.num_steps, droid.POLICY_ACTION_DIM)
         assert episode.instruction.startswith("stack the ")
     assert tally.rates() == {"stack": 1.0}  # noise 0 on these seeds
+
+
+def test_expert_corrections_change_the_recorded_actions_only(pool):
+    """DART: the noisy expert moves the arm as it would without corrections (same observations,
+    same label) while its episodes record the noise-free expert's commands from those states."""
+    spec = [TaskSpec("stack", 4)]
+    plain, corrected = (
+        next(pool.expert_episodes(spec, noise=1.0, max_steps=40, corrections=c))
+        for c in (False, True)
+    )
+    for key, value in plain.observation.items():
+        np.testing.assert_array_equal(corrected.observation[key], value, err_msg=key)
+    assert corrected.metadata.success == plain.metadata.success
+    assert corrected.metadata.policy_checkpoint == "scripted_expert(noise=1, corrections)"
+    executed, recorded = plain.policy_actions(), corrected.policy_actions()
+    np.testing.assert_array_equal(recorded[:, 7], executed[:, 7])  # the gripper is not perturbed
+    # Noise 1.0 puts a tremor of 0.15 on every arm command; the corrections carry none of it.
+    assert np.std(np.diff(recorded[:, :7], axis=0)) < 0.5 * np.std(np.diff(executed[:, :7], axis=0))
+    # The whole action dict is the correction's: its joint target is one step of the recorded
+    # velocity from the observed joints (as for any command the station executes).
+    start = corrected.observation["observation/joint_position"]
+    target = corrected.action_dict["action_dict/joint_position"]
+    np.testing.assert_allclose(
+        target - start, recorded[:, :7] * sim_station.JOINT_DELTA_PER_UNIT, atol=1e-9
+    )
+
+
+def test_expert_corrections_are_the_executed_actions_without_noise(pool):
+    spec = [TaskSpec("stack", 5)]
+    plain, corrected = (
+        next(pool.expert_episodes(spec, noise=0.0, max_steps=30, corrections=c))
+        for c in (False, True)
+    )
+    np.testing.assert_allclose(corrected.policy_actions(), plain.policy_actions(), atol=1e-12)
 
 
 def test_policy_episodes_on_a_pool(pool):

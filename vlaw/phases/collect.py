@@ -23,6 +23,7 @@ from absl import logging
 from vlaw import workdir as workdir_lib
 from vlaw.robot.recording import station_recorder
 from vlaw.rollout.episodes import record_dataset
+from vlaw.rollout.station import expert_actor
 
 
 def collect_phase(config: ml_collections.ConfigDict, workdir: str, iteration: int) -> dict:
@@ -30,7 +31,7 @@ def collect_phase(config: ml_collections.ConfigDict, workdir: str, iteration: in
     record = station_recorder(config)
     if iteration == 0:
         demos_dir = workdir_lib.demos_dir(workdir)
-        summary = {"policy": f"scripted_expert(noise={config.sim.expert_noise:g})"}
+        summary = {"policy": expert_actor(config.sim.expert_noise, config.sim.expert_corrections)}
         if os.path.exists(demos_dir):
             logging.info("collect: %s exists, keeping it", demos_dir)
             return {**summary, "demos": {"dataset_dir": demos_dir, "skipped": True}}

@@ -29,6 +29,7 @@ from vlaw.rollout.station import (
     StationBatch,
     TaskSpec,
     episode_id,
+    expert_actor,
 )
 
 # observations of the B stations -> (B, T, 8) action chunks
@@ -138,6 +139,7 @@ def _expert_stream(config, specs: list[TaskSpec], source: str, iteration: int):
         yield from pool.expert_episodes(
             specs_for_task,
             noise=config.sim.expert_noise,
+            corrections=config.sim.expert_corrections,
             max_steps=config.sim.max_steps,
             source=source,
             iteration=iteration,
@@ -234,7 +236,7 @@ def record_dataset(
     from vlaw.data import rlds_write  # TensorFlow: this parent process only, never the sim workers
 
     staging = staging_dir(dataset_dir)
-    actor = f"scripted_expert(noise={config.sim.expert_noise:g})"
+    actor = expert_actor(config.sim.expert_noise, config.sim.expert_corrections)
     if policy is not None:
         actor = policy.checkpoint
     plan = {

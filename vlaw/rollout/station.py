@@ -107,6 +107,11 @@ def episode_id(source: str, iteration: int, spec: TaskSpec) -> str:
     return f"{source}-{iteration:02d}-{spec.task}-{spec.seed}"
 
 
+def expert_actor(noise: float, corrections: bool = False) -> str:
+    """What a scripted-expert episode names as its policy (metadata `policy_checkpoint`)."""
+    return f"scripted_expert(noise={noise:g}{', corrections' if corrections else ''})"
+
+
 # Task names hold no "-", so an id made of other ids (imagine's "...-from-<start id>") fails.
 _EPISODE_ID = re.compile(r"(?P<source>[a-z]+)-(?P<iteration>\d+)-(?P<task>[^-]+)-(?P<seed>\d+)")
 

@@ -13,6 +13,12 @@ the surface for waypoints pressed onto one), and the arm action gets N(0, (0.15 
 per joint (a third of that while pressing on a surface), before the low-pass of the command
 (`COMMAND_SMOOTHING`). Noise 0 gives near-perfect
 demonstrations; measured success rates per noise level are in benchmarks/RESULTS.md.
+
+Corrections (`corrections=True`, DART: Laskey et al. 2017): the noisy action is executed but
+the action to record (`recorded`) is the noise-free expert's at the state the noise led to:
+towards the waypoint without its offset, with no action noise, low-passed on its own history.
+Noise-free demos only visit the expert's own path, so a policy that strays from it by a
+centimetre has never seen the way back; these show it.
 """
 
 from collections.abc import Iterator
@@ -90,10 +96,19 @@ class ScriptedExpert:
     waypoints is given (the adversarial policies of vlaw/sim/adversaries.py)."""
 
     def __init__(
-        self, station, noise: float = 0.0, seed: int = 0, plan: Iterator[Waypoint] | None = None
+        self,
+        station,
+        noise: float = 0.0,
+        seed: int = 0,
+        plan: Iterator[Waypoint] | None = None,
+        corrections: bool = False,
     ):
         self.station = station
         self.noise = float(noise)
+        self.corrections = bool(corrections)
+        # The (8,) action to record for the last `act()`: the executed one, or the correction.
+        self.recorded: np.ndarray | None = None
+        self._previous_correction = np.zeros(7)
         self.rng = np.random.default_rng(seed)
         self.plan = station.task.plan(station) if plan is None else plan
         self.offset = np.zeros(3)
@@ -128,10 +143,11 @@ class ScriptedExpert:
         return close and self.steps_on_waypoint >= waypoint.min_steps
 
     def act(self) -> np.ndarray | None:
-        """The next action (8,), or None once the plan is finished."""
+        """The next action (8,) to execute, or None once the plan is finished."""
         while not self.done and self._reached():
             self._next_waypoint()
         if self.done:
+            self.recorded = None
             return None
         waypoint = self.waypoint
         self.steps_on_waypoint += 1
@@ -147,4 +163,13 @@ class ScriptedExpert:
         # Filtered after the noise, so a tremor is smooth too.
         arm = COMMAND_SMOOTHING * self.previous_arm + (1.0 - COMMAND_SMOOTHING) * arm
         self.previous_arm = np.clip(arm, -1.0, 1.0)
-        return np.concatenate([self.previous_arm, [waypoint.gripper]])
+        executed = np.concatenate([self.previous_arm, [waypoint.gripper]])
+        self.recorded = executed
+        if self.corrections:
+            clean = operational_space_action(
+                self.station, waypoint.position, waypoint.tool_rotation(), waypoint.max_speed
+            )
+            smoothed = COMMAND_SMOOTHING * self._previous_correction
+            self._previous_correction = np.clip(smoothed + (1.0 - COMMAND_SMOOTHING) * clean, -1, 1)
+            self.recorded = np.concatenate([self._previous_correction, [waypoint.gripper]])
+        return executed

@@ -155,18 +155,7 @@ class SimStation:
         action = validate_action(action)
         before = self.observation()
         joint_now = before.joint_position
-        velocity = np.clip(action[:7], -1.0, 1.0)
-        delta = np.clip(velocity * JOINT_DELTA_PER_UNIT, -MAX_JOINT_DELTA, MAX_JOINT_DELTA)
-        # Approach a position limit by halving the remaining distance each step, so the joint
-        # decelerates instead of hitting the hard stop at full speed.
-        room_up = np.maximum(panda.JOINT_POSITION_MAX - LIMIT_MARGIN - joint_now, 0.0)
-        room_down = np.maximum(joint_now - panda.JOINT_POSITION_MIN - LIMIT_MARGIN, 0.0)
-        delta = np.clip(delta, -LIMIT_APPROACH * room_down, LIMIT_APPROACH * room_up)
-        target = np.clip(
-            joint_now + delta,
-            panda.JOINT_POSITION_MIN + LIMIT_MARGIN,
-            panda.JOINT_POSITION_MAX - LIMIT_MARGIN,
-        )
+        target = self._joint_target(joint_now, action)
         gripper = float(np.clip(action[7], 0.0, 1.0))
         self.data.ctrl[7] = panda.gripper_opening_from_position(gripper)
         substeps = scene.PHYSICS_SUBSTEPS // RAMP_CHUNKS
@@ -177,6 +166,29 @@ class SimStation:
             self.task.after_substeps(self.model, self.data)
         refresh_positions(self.model, self.data)
         return StepRecord(before, self._action_dict(before, target, gripper))
+
+    def command_record(self, action: np.ndarray) -> dict:
+        """The action dict that commanding (8,) `action` now would record; nothing moves.
+        (A scripted expert's correction is recorded this way while another action executes.)"""
+        action = validate_action(action)
+        before = self.observation()
+        target = self._joint_target(before.joint_position, action)
+        return self._action_dict(before, target, float(np.clip(action[7], 0.0, 1.0)))
+
+    def _joint_target(self, joint_now: np.ndarray, action: np.ndarray) -> np.ndarray:
+        """The joint positions one step of `action` commands from `joint_now`."""
+        velocity = np.clip(action[:7], -1.0, 1.0)
+        delta = np.clip(velocity * JOINT_DELTA_PER_UNIT, -MAX_JOINT_DELTA, MAX_JOINT_DELTA)
+        # Approach a position limit by halving the remaining distance each step, so the joint
+        # decelerates instead of hitting the hard stop at full speed.
+        room_up = np.maximum(panda.JOINT_POSITION_MAX - LIMIT_MARGIN - joint_now, 0.0)
+        room_down = np.maximum(joint_now - panda.JOINT_POSITION_MIN - LIMIT_MARGIN, 0.0)
+        delta = np.clip(delta, -LIMIT_APPROACH * room_down, LIMIT_APPROACH * room_up)
+        return np.clip(
+            joint_now + delta,
+            panda.JOINT_POSITION_MIN + LIMIT_MARGIN,
+            panda.JOINT_POSITION_MAX - LIMIT_MARGIN,
+        )
 
     def _action_dict(self, before: Observation, target: np.ndarray, gripper: float) -> dict:
         """DROID's six commanded quantities for a step (droid_rlds.md §1.4, §3.2)."""

@@ -14,6 +14,7 @@ in the parent drives it step by step), and runs scripted-expert episodes inside 
 """
 
 import contextlib
+import dataclasses
 import multiprocessing
 import os
 import sys
@@ -31,6 +32,7 @@ from vlaw.rollout.station import (
     StepRecord,
     TaskSpec,
     episode_id,
+    expert_actor,
     validate_action_chunk,
 )
 
@@ -44,11 +46,14 @@ def expert_episodes_on_batch(
     source: str = "demo",
     iteration: int = 0,
     episode_ids: Sequence[str] | None = None,
+    corrections: bool = False,
 ) -> list[Episode]:
     """Runs the scripted expert on up to `batch.batch_size` stations in lockstep.
 
     A station's episode ends when its expert's plan is finished or after `max_steps` steps;
     finished stations are no longer stepped or rendered. Success is the station's label.
+    With `corrections` each step records the expert's correction instead of the noisy action
+    it executed (vlaw/sim/expert.py); the observations are those of the executed one.
     """
     from vlaw.sim.expert import ScriptedExpert  # the expert needs only numpy + mujoco
 
@@ -60,18 +65,21 @@ def expert_episodes_on_batch(
     experts, recorders = [], []
     for b, spec in enumerate(specs):
         station = batch.stations[b]
-        experts.append(ScriptedExpert(station, noise=noise, seed=spec.seed))
+        experts.append(
+            ScriptedExpert(station, noise=noise, seed=spec.seed, corrections=corrections)
+        )
         recorders.append(
             EpisodeRecorder(
                 station.instruction,
                 spec.task,
                 source=source,
                 iteration=iteration,
-                policy_checkpoint=f"scripted_expert(noise={noise:g})",
+                policy_checkpoint=expert_actor(noise, corrections),
                 episode_id=episode_ids[b] if episode_ids else episode_id(source, iteration, spec),
             )
         )
     actions = np.zeros((batch.batch_size, 8))
+    corrected: dict[int, dict] = {}
     for _ in range(max_steps):
         for b, expert in enumerate(experts):
             if active[b]:
@@ -80,10 +88,14 @@ def expert_episodes_on_batch(
                     active[b] = False
                 else:
                     actions[b] = action
+                    if corrections:  # before the step: the command from this state
+                        corrected[b] = batch.stations[b].command_record(expert.recorded)
         if not any(active):
             break
         for b, record in enumerate(batch.step(actions, active)):
             if record is not None:
+                if corrections:
+                    record = dataclasses.replace(record, action_dict=corrected[b])
                 recorders[b].add([record])
     labels = batch.label()
     return [recorder.finish(labels[b]) for b, recorder in enumerate(recorders)]
@@ -352,6 +364,7 @@ class StationPool:
         max_steps: int,
         source: str = "demo",
         iteration: int = 0,
+        corrections: bool = False,
     ) -> Iterator[Episode]:
         """Yields one scripted-expert `Episode` per spec, as the workers finish them.
 
@@ -383,6 +396,7 @@ class StationPool:
                             max_steps=max_steps,
                             source=source,
                             iteration=iteration,
+                            corrections=corrections,
                         )
                         why = self._send(w, "expert_episodes", args)
                         if why is not None:
