@@ -70,3 +70,15 @@ def test_expert_success_bands(task):
 def test_random_policy_almost_never_succeeds(task):
     station = SimStation(task)
     assert np.mean([run_random(station, seed, 150) for seed in range(20)]) <= 0.05
+
+
+def test_draw_expert_circles_the_board_centre():
+    """The circle's place is one the cameras show (the board's centre), not a seeded point no
+    observation reveals: demos that disagree on it teach a policy no circle at all."""
+    station = SimStation("draw", layout_spread=0.3)
+    for seed in (1, 2):
+        assert run_expert(station, seed, noise=0.0)[0]
+        points = np.array(station.task.points)
+        ids = np.array(station.task.stroke_ids)
+        stroke = points[ids == np.bincount(ids).argmax()]
+        np.testing.assert_allclose(stroke.mean(axis=0), [0.0, 0.0], atol=0.01)
