@@ -32,7 +32,8 @@ pytestmark = [
     pytest.mark.slow,
     pytest.mark.xfail(
         reason="issue 13: no sim recipe has met the overfit gate yet (3 000 steps: R^2 0.947, "
-        "0 of 3 replays; benchmarks/RESULTS.md, 'Policy at the sim preset')",
+        "0 of 3 replays; with DART corrections at spread 0.3, 1 000 steps: R^2 0.81, 0 of 3; "
+        "benchmarks/RESULTS.md, 'Policy at the sim preset' and 'Recovery data (DART)')",
         strict=False,
     ),
 ]
