@@ -58,6 +58,11 @@ def test_expert_corrections_change_the_recorded_actions_only(pool):
     assert corrected.metadata.success == plain.metadata.success
     assert corrected.metadata.policy_checkpoint == "scripted_expert(noise=1, corrections)"
     executed, recorded = plain.policy_actions(), corrected.policy_actions()
+    # From the reset state both runs share, the correction is the noise-free expert's command
+    # (no waypoint offset, no tremor), which the noisy expert's is not.
+    clean = next(pool.expert_episodes(spec, noise=0.0, max_steps=1)).policy_actions()[0]
+    np.testing.assert_allclose(recorded[0], clean, atol=1e-12)
+    assert np.abs(executed[0, :7] - clean[:7]).max() > 1e-3
     np.testing.assert_array_equal(recorded[:, 7], executed[:, 7])  # the gripper is not perturbed
     # Noise 1.0 puts a tremor of 0.15 on every arm command; the corrections carry none of it.
     assert np.std(np.diff(recorded[:, :7], axis=0)) < 0.5 * np.std(np.diff(executed[:, :7], axis=0))
