@@ -314,3 +314,18 @@ def test_episode_weight_is_eq4_binary_weight():
     # Synthetic rollouts are weighted by the reward model's verdict, not a stored label.
     assert weight(success=False, source="synthetic", kept=True) == 1.0
     assert weight(success=True, source="synthetic", kept=False) == 0.0
+
+
+def test_failed_demos_weighs_every_demonstration_and_no_rollout():
+    from vlaw.data.episode import EpisodeMetadata
+
+    def weight(**fields):
+        metadata = EpisodeMetadata(task="scoop", **fields)
+        return policy_windows.episode_weight(metadata, failed_demos=True)
+
+    assert weight(success=False, source="demo") == 1.0
+    assert weight(success=True, source="demo") == 1.0
+    # Rollouts keep Eq. 4's weight: a failed real rollout's actions are the policy's mistakes.
+    assert weight(success=False, source="real") == 0.0
+    assert weight(success=False, source="evaluate") == 0.0
+    assert weight(success=True, source="synthetic", kept=False) == 0.0

@@ -6,6 +6,7 @@ so the resume and next-iteration runs are marked slow. (A persistent compilation
 by the calls crashed XLA:CPU on the second donated step, so there is none.)
 """
 
+import copy
 import dataclasses
 import json
 import os
@@ -193,6 +194,21 @@ def test_failures_only_train_with_zero_weight(collected, tmp_path):
     for m in _metrics(workdir):
         assert m["loss"] == 0.0 and m["grad_norm"] == 0.0 and m["weight_sum"] == 0.0
         assert np.isfinite(m["unweighted_loss"]) and m["update_applied"] == 1.0
+
+
+def test_failed_demos_train_on_every_demonstration(collected, tmp_path):
+    """`policy.failed_demos`: failed demonstrations weigh 1, failed rollouts still 0."""
+    config, _, pristine = collected
+    config = copy.deepcopy(config)
+    config.policy.failed_demos = True
+    workdir = str(tmp_path)
+    for name in ("demos", os.path.join("iter_00", "real")):
+        _relabel(os.path.join(pristine, name), os.path.join(workdir, name), success=False)
+    summary = pipeline.run_phase("train_policy", config, workdir, iteration=0)
+    demo_steps = config.loop.warmstart_demos_per_task * config.sim.max_steps
+    assert summary["weighted_steps"] == demo_steps < summary["num_steps"]
+    # Only weight-1 examples are sampled (the rollouts are left out), and they train.
+    assert summary["mean_weight"] == 1.0 and summary["final_loss"] > 0.0
 
 
 @pytest.fixture(scope="module")

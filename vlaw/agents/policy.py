@@ -78,8 +78,9 @@ def weighted_policy_batches(
     *,
     drop_failures: bool = False,
 ):
-    """The policy's training examples with Eq. 4's weights (`policy_windows.episode_weight`);
-    `drop_failures` leaves the weight-0 ones out.
+    """The policy's training examples with Eq. 4's weights (`policy_windows.episode_weight`,
+    every demonstration at 1 under `policy.failed_demos`); `drop_failures` leaves the weight-0
+    ones out.
 
     Batches: images (B, 3, H, W, 3) uint8 in droid.CAMERA_NAMES order, state (B, 8), prompt (B,)
     bytes, actions (B, action_horizon, 8), weight (B,) float32.
@@ -95,6 +96,7 @@ def weighted_policy_batches(
         image_size=(data.image_height, data.image_width),
         skip_corrupt=data.skip_corrupt,
         drop_failures=drop_failures,
+        failed_demos=config.policy.failed_demos,
     )
 
 

@@ -7,9 +7,16 @@ from vlaw.data import droid, rlds_read, transforms, windows
 from vlaw.data.episode import EpisodeMetadata
 
 
-def episode_weight(metadata: EpisodeMetadata) -> float:
+def episode_weight(metadata: EpisodeMetadata, failed_demos: bool = False) -> float:
     """Eq. 4's binary weight of an episode: `kept` for synthetic rollouts (the reward model's
-    verdict), `success` for everything else (the operator's or the simulator's label)."""
+    verdict), `success` for everything else (the operator's or the simulator's label).
+
+    `failed_demos=True` gives every demonstration weight 1 whatever its outcome: a scripted
+    expert's recorded commands are its own, right or wrong, where the noise it executed made
+    the episode fail (with `sim.expert_corrections`, the noise-free commands; policy config
+    `failed_demos`). Rollouts keep Eq. 4's weight."""
+    if failed_demos and metadata.source == "demo":
+        return 1.0
     return float(metadata.kept if metadata.source == "synthetic" else metadata.success)
 
 
@@ -19,6 +26,7 @@ def policy_batches(
     batch_size: int,
     action_horizon: int = 15,
     drop_failures: bool = False,
+    failed_demos: bool = False,
     seed: int = 0,
     shuffle_buffer: int = 2_000,
     num_parallel_reads: int = 2,
@@ -30,8 +38,8 @@ def policy_batches(
     """pi0.5 training examples, one per step of every episode.
 
     `weight` is the binary weight of Eq. 4 (`episode_weight`: 1 for successful real episodes
-    and kept synthetic ones, else 0); `drop_failures=True` leaves weight-0 examples out
-    instead (filtered BC).
+    and kept synthetic ones, else 0; `failed_demos=True`: 1 for every demonstration);
+    `drop_failures=True` leaves weight-0 examples out instead (filtered BC).
 
     Batches:
       images (B, 3, H, W, 3) uint8, droid.CAMERA_NAMES order
@@ -50,7 +58,7 @@ def policy_batches(
     }
 
     def build_block(raw, rng):
-        weight = episode_weight(rlds_read.metadata_from_raw(raw))
+        weight = episode_weight(rlds_read.metadata_from_raw(raw), failed_demos)
         num_steps = raw["num_steps"]
         if num_steps == 0 or (drop_failures and weight == 0):
             return None

@@ -46,13 +46,16 @@ class DataSummary:
     skipped_corrupt: int = 0  # unreadable records skipped (data.skip_corrupt)
 
 
-def scan_episodes(dataset_dirs: Sequence[str], skip_corrupt: bool = False) -> DataSummary:
+def scan_episodes(
+    dataset_dirs: Sequence[str], skip_corrupt: bool = False, failed_demos: bool = False
+) -> DataSummary:
     summary, instructions, report = DataSummary(), set(), rlds_read.ReadReport()
     for dataset_dir in dataset_dirs:
         layout = rlds_read.open_dataset(dataset_dir)
         raws = rlds_read.iter_raw_episodes(layout, skip_corrupt=skip_corrupt, report=report)
         for raw in raws:
-            weight = policy_windows.episode_weight(rlds_read.metadata_from_raw(raw))
+            metadata = rlds_read.metadata_from_raw(raw)
+            weight = policy_windows.episode_weight(metadata, failed_demos)
             summary.num_episodes += 1
             summary.num_steps += int(raw["num_steps"])
             summary.weighted_episodes += int(weight > 0)
@@ -103,7 +106,7 @@ def prepare(
         str(config.policy.train.init_from or ""),
         is_trained=policy_agent.is_trained,
     )
-    data = scan_episodes(dataset_dirs, config.data.skip_corrupt)
+    data = scan_episodes(dataset_dirs, config.data.skip_corrupt, config.policy.failed_demos)
     spec = policy_agent.prepare_checkpoint_dir(
         config,
         directory,
