@@ -193,10 +193,11 @@ def experiment_config(tasks: tuple[str, ...], arg: str | None) -> ml_collections
     # Steps of the base policy's training (iteration 0; 0: policy.train.steps). sim: from
     # scratch, held-out scoop success was 0 of 20 up to 750 steps, 2 at 1000, 7 at 1500.
     p.warmstart_steps = 1500 if sim else 0
-    # True: the base policy trains on every demonstration, failed ones included (weight 1; a
-    # scripted expert's commands are its own wherever its executed noise made it fail, and with
+    # True: every policy update (the base policy's and each iteration's, whose data hold the
+    # demos too) trains on every demonstration, failed ones included (weight 1; a scripted
+    # expert's commands are its own wherever its executed noise made it fail, and with
     # sim.expert_corrections they are the noise-free ones). False: Eq. 4's weight, successes
-    # only. Rollouts (iterations >= 1) always keep Eq. 4's weight.
+    # only. Rollouts always keep Eq. 4's weight.
     p.failed_demos = False
     p.tokenizer_path = ""  # PaliGemma's SentencePiece model (paper); empty: train a small one
     p.tokenizer_vocab_size = 512  # pieces of that small model (then the model's vocab size)

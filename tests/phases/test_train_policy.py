@@ -205,8 +205,10 @@ def test_failed_demos_train_on_every_demonstration(collected, tmp_path):
     for name in ("demos", os.path.join("iter_00", "real")):
         _relabel(os.path.join(pristine, name), os.path.join(workdir, name), success=False)
     summary = pipeline.run_phase("train_policy", config, workdir, iteration=0)
-    demo_steps = config.loop.warmstart_demos_per_task * config.sim.max_steps
-    assert summary["weighted_steps"] == demo_steps < summary["num_steps"]
+    demos = train_policy_phase.scan_episodes([os.path.join(workdir, "demos")])
+    assert demos.weighted_episodes == 0  # every demo is labelled a failure
+    assert summary["weighted_episodes"] == demos.num_episodes > 0
+    assert summary["weighted_steps"] == demos.num_steps < summary["num_steps"]
     # Only weight-1 examples are sampled (the rollouts are left out), and they train.
     assert summary["mean_weight"] == 1.0 and summary["final_loss"] > 0.0
 

@@ -54,8 +54,7 @@ def scan_episodes(
         layout = rlds_read.open_dataset(dataset_dir)
         raws = rlds_read.iter_raw_episodes(layout, skip_corrupt=skip_corrupt, report=report)
         for raw in raws:
-            metadata = rlds_read.metadata_from_raw(raw)
-            weight = policy_windows.episode_weight(metadata, failed_demos)
+            weight = policy_windows.episode_weight(rlds_read.metadata_from_raw(raw), failed_demos)
             summary.num_episodes += 1
             summary.num_steps += int(raw["num_steps"])
             summary.weighted_episodes += int(weight > 0)
